@@ -1,0 +1,58 @@
+"""Shared command-line plumbing: compose the train config outside @hydra.main, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hexsweep.errors import HexsweepError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit: how every user error leaves a hexsweep command."""
+    print(f"hexsweep: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def compose(overrides: list[str]) -> Any:
+    """The train config with ``overrides`` applied, validated, without creating a Hydra run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hexsweep.config import register_schema, validate
+
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise HexsweepError(first_line(str(e))) from None
+    validate(cfg)
+    return cfg
+
+
+def compose_from_argv(prog: str) -> Any:
+    """For plain (non-Hydra-app) commands that take the train config's overrides."""
+    args = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(f"usage: python -m {prog} [key=value ...]   (the overrides of hexsweep.train)")
+        raise SystemExit(0)
+    return run_cli(lambda: compose(args))
+
+
+def run_cli(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except HexsweepError as e:
+        fail(str(e))
+
+
+def first_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return " ".join(lines[:3]) if lines else message

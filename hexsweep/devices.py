@@ -1,0 +1,38 @@
+"""Device and thread choice for one job."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hexsweep.errors import ConfigError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={spec!r} is not available: this machine has no CUDA GPU")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={spec!r} is not available: allowed cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device("cuda", index)
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"device={spec!r} is not available on this machine")
+    return device
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,259 @@
+"""The training loop: losses, metrics, early stopping with best-weight restore, checkpoints.
+
+One flat loop (nanoGPT style). Per epoch: shuffle, train with optional augmentation,
+evaluate on the validation split, append one line to ``metrics.jsonl``, checkpoint, ask
+the ``on_epoch_end`` hook whether to stop (the Optuna pruning hook plugs in there).
+
+Loss = policy_weight * cross-entropy(masked logits, move played)
+     + value_weight  * MSE(tanh value, game result from the mover's side).
+Positions without a policy target (move = -1: final positions, random moves) only count
+in the value loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hexsweep.atomic import append_jsonl, atomic_write
+from hexsweep.data.dataset import HexDataset
+from hexsweep.hex.encoding import encode_batch, legal_mask
+from hexsweep.hex.symmetry import rotate180_batch, transpose_swap_batch
+from hexsweep.model import HexNet, NetConfig
+
+CHECKPOINT_VERSION = 1
+EpochHook = Callable[[int, dict[str, float], torch.nn.Module], bool]
+
+
+@dataclass
+class TrainOutcome:
+    """What the loop hands back to the job runner."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    stopped_by_hook: bool = False
+    restored_best: bool = False
+    peak_rss_mb: float = 0.0
+    peak_gpu_mem_mb: float | None = None
+
+
+def compute_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Summed (not averaged) losses and hit counts of one batch, so epochs average exactly."""
+    boards, to_move, move, value = batch["boards"], batch["to_move"], batch["move"], batch["value"]
+    logits, pred = model(encode_batch(boards, to_move), legal_mask(boards))
+    has_target = move >= 0
+    safe_target = torch.where(has_target, move, torch.zeros_like(move))
+    ce = F.cross_entropy(logits.float(), safe_target, reduction="none")
+    policy_sum = (ce * has_target).sum()
+    value_sum = F.mse_loss(pred.float(), value, reduction="sum")
+    policy_hits = ((logits.argmax(1) == move) & has_target).sum()
+    value_hits = (torch.sign(pred.float()) == value).sum()
+    return {
+        "policy_sum": policy_sum,
+        "value_sum": value_sum,
+        "policy_count": has_target.sum(),
+        "count": torch.tensor(len(move), device=move.device),
+        "policy_hits": policy_hits,
+        "value_hits": value_hits,
+    }
+
+
+def summarise(sums: dict[str, torch.Tensor], prefix: str, loss_w: tuple[float, float],
+              objective_w: tuple[float, float]) -> dict[str, float]:
+    s = {k: float(v) for k, v in sums.items()}
+    policy_loss = s["policy_sum"] / max(s["policy_count"], 1)
+    value_loss = s["value_sum"] / max(s["count"], 1)
+    return {
+        f"{prefix}_policy_loss": policy_loss,
+        f"{prefix}_value_loss": value_loss,
+        f"{prefix}_loss": loss_w[0] * policy_loss + loss_w[1] * value_loss,
+        f"{prefix}_objective": objective_w[0] * policy_loss + objective_w[1] * value_loss,
+        f"{prefix}_policy_acc": s["policy_hits"] / max(s["policy_count"], 1),
+        f"{prefix}_value_acc": s["value_hits"] / max(s["count"], 1),
+    }
+
+
+def _add(acc: dict[str, torch.Tensor], part: dict[str, torch.Tensor]) -> None:
+    for k, v in part.items():
+        acc[k] = acc[k] + v.detach() if k in acc else v.detach()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def augment(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random half of the batch rotated 180 degrees, an independent half transposed+swapped."""
+    n = len(batch["move"])
+    flips = torch.rand(2, n, generator=generator).to(batch["move"].device) < 0.5
+    boards, move = rotate180_batch(batch["boards"], batch["move"], flips[0])
+    boards, to_move, move = transpose_swap_batch(boards, batch["to_move"], move, flips[1])
+    return {"boards": boards, "to_move": to_move, "move": move, "value": batch["value"]}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: HexDataset, batch_size: int, device: torch.device,
+             loss_w: tuple[float, float], objective_w: tuple[float, float],
+             autocast: Callable[[], Any]) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    acc: dict[str, torch.Tensor] = {}
+    for batch in data.batches(batch_size, shuffle=False):
+        with autocast():
+            _add(acc, compute_losses(model, to_device(batch, device)))
+    model.train(was_training)
+    return summarise(acc, "val", loss_w, objective_w)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    net_cfg: NetConfig, epoch: int, metrics: dict, config: dict) -> None:
+    """Self-describing checkpoint; plain types and tensors only, so weights_only=True loads it."""
+    state = {
+        "format_version": CHECKPOINT_VERSION,
+        "model_config": net_cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config,
+    }
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[HexNet, dict]:
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = HexNet(NetConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state
+
+
+def is_better(value: float, best: float | None, direction: str, min_delta: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if direction == "minimize" else value > best + min_delta
+
+
+def current_rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
+          device: torch.device, job_dir: Path, plain_config: dict,
+          on_epoch_end: EpochHook | None = None) -> TrainOutcome:
+    """Train ``model`` in place; on return it holds the best epoch's weights."""
+    tcfg = cfg.trainer
+    loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
+    objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
+    metric, direction = cfg.objective.metric, cfg.objective.direction
+    net_cfg = model.cfg
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = train_data.num_batches(cfg.batch_size, tcfg.max_steps_per_epoch)
+    scheduler = None
+    if tcfg.lr_schedule == "cosine" and tcfg.epochs > 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, tcfg.epochs * steps_per_epoch))
+    use_amp = bool(tcfg.amp) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+
+    show_bar = tcfg.progress == "on" or (tcfg.progress == "auto" and sys.stderr.isatty())
+    rng = np.random.default_rng([cfg.seed, 1])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = TrainOutcome(peak_rss_mb=current_rss_mb())
+    best_value: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        acc: dict[str, torch.Tensor] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch",
+                   disable=not show_bar, file=sys.stderr, leave=False)
+        seen = 0
+        for batch in train_data.batches(cfg.batch_size, True, rng, tcfg.max_steps_per_epoch):
+            batch = to_device(batch, device)
+            if cfg.data.augment:
+                batch = augment(batch, gen)
+            with autocast():
+                sums = compute_losses(model, batch)
+            count = len(batch["move"])
+            loss = (loss_w[0] * sums["policy_sum"] / sums["policy_count"].clamp(min=1)
+                    + loss_w[1] * sums["value_sum"] / count)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tcfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            _add(acc, sums)
+            seen += count
+            bar.update(1)
+        train_time = time.perf_counter() - start
+        bar.close()
+        metrics: dict[str, float] = {"epoch": epoch}
+        metrics.update(summarise(acc, "train", loss_w, objective_w))
+        metrics.update(evaluate(model, val_data, tcfg.eval_batch_size, device, loss_w,
+                                objective_w, autocast))
+        out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
+        metrics.update({
+            "samples_per_s": seen / train_time if train_time > 0 else float("nan"),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - start,
+            "rss_mb": current_rss_mb(),
+        })
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
+            metrics["gpu_peak_mb"] = peak
+        append_jsonl(job_dir / "metrics.jsonl", metrics)
+        out.history.append(metrics)
+        value = metrics[metric]
+        if is_better(value, best_value, direction, tcfg.min_delta if best_value is not None else 0):
+            best_value, stale = value, 0
+            out.best_epoch, out.best_metrics = epoch, dict(metrics)
+            best_state = copy.deepcopy(model.state_dict())
+            if tcfg.checkpoints:
+                save_checkpoint(job_dir / "best.pt", model, None, net_cfg, epoch, metrics,
+                                plain_config)
+        else:
+            stale += 1
+        if tcfg.checkpoints:
+            save_checkpoint(job_dir / "last.pt", model, optimizer, net_cfg, epoch, metrics,
+                            plain_config)
+        if on_epoch_end is not None and on_epoch_end(epoch, metrics, model):
+            out.stopped_by_hook = True
+            break
+        if tcfg.patience and stale >= tcfg.patience:
+            out.stopped_early = True
+            break
+    if best_state is not None and out.best_epoch != len(out.history):
+        model.load_state_dict(best_state)
+        out.restored_best = True
+    return out
