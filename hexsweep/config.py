@@ -36,7 +36,7 @@ class DataConfig:
 
     name: str = "small"
     board_size: int = 7
-    num_positions: int = 40_000  # at least this many, rounded up to whole games
+    num_positions: int = 25_000  # at least this many, rounded up to whole games
     val_fraction: float = 0.1
     seed: int = 1234
     temperature: float = 0.25

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real composed config, shrunk, with every output under tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from hexsweep.cli import compose
+from hexsweep.data.generate import ensure_dataset
+
+# Training tests share one generated tiny dataset; each test's runs go to its own tmp_path.
+TINY = ["debug=tiny", "trainer.progress=off"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(data_root) -> Path:
+    cfg = compose(TINY + [f"paths.data={data_root}"])
+    folder, _ = ensure_dataset(cfg.data, cfg.paths.data, workers=2)
+    return folder
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, data_root, tiny_dataset):
+    """Compose the real config for a tiny run; extra overrides are appended by the caller."""
+
+    def make(*overrides: str):
+        cfg = compose(TINY + [f"paths.outputs={tmp_path}", f"paths.data={data_root}", *overrides])
+        with open_dict(cfg):
+            pass
+        return cfg
+
+    return make
