@@ -14,8 +14,8 @@ from hexsweep.config import validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.hex.encoding import encode_batch, legal_mask
-from hexsweep.trainer import load_checkpoint
 from hexsweep.train import run_job
+from hexsweep.trainer import load_checkpoint
 
 
 def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
