@@ -101,6 +101,29 @@ class PathsConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """Slots, memory admission and sampling (see hexsweep/resources/)."""
+
+    slots: str = "auto"  # auto: hold a slot in sweeps only | on | off
+    lock_dir: str = "${paths.outputs}/.locks"
+    cpu_slots: int | None = None  # None: the sweep's number of parallel jobs
+    gpu_mem_mb: float | None = None  # free GPU memory a job needs; None: learned, else unchecked
+    ram_mb: float | None = None  # available RAM a job needs; None: learned, else unchecked
+    wait_timeout_s: float = 3600.0  # longest wait for a slot or for memory
+    sample_interval_s: float = 2.0
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, to exercise the sweep machinery (tests, demos); all off by default."""
+
+    raise_at_epoch: int | None = None  # raise RuntimeError at the end of this epoch
+    nan_at_epoch: int | None = None  # report NaN metrics from this epoch on
+    oom_above_batch_size: int | None = None  # raise torch.OutOfMemoryError above this batch size
+    sleep_s_per_epoch: float = 0.0  # slow epochs down (for kill/interrupt tests)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,12 +133,16 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     strength: StrengthConfig = field(default_factory=StrengthConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     experiment_name: str = "default"
     batch_size: int = 512
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     num_threads: int | None = None  # torch threads; None: this job's share of the cores
-    resume: bool = False
+    resume: bool = False  # in a sweep: skip jobs whose folder already holds a completed result
+    retry_on_oom: bool = False  # retry a job that ran out of memory once at half the batch size
+    slots_per_gpu: int = 1  # jobs that may share one GPU
 
 
 def register_schema() -> None:
@@ -191,5 +218,11 @@ def validate(cfg: Any) -> None:
     base = device.split(":")[0]
     _check(base in DEVICES and (":" not in device or (base == "cuda" and device[5:].isdigit())),
            "device", device, "auto, cpu, cuda, cuda:N or mps")
+    _check(cfg.slots_per_gpu > 0, "slots_per_gpu", cfg.slots_per_gpu, "an integer > 0")
+    _check(cfg.resources.slots in ("auto", "on", "off"), "resources.slots", cfg.resources.slots,
+           "'auto', 'on' or 'off'")
+    if cfg.resources.cpu_slots is not None:
+        _check(cfg.resources.cpu_slots > 0, "resources.cpu_slots", cfg.resources.cpu_slots,
+               "an integer > 0 or null")
     if cfg.num_threads is not None:
         _check(cfg.num_threads > 0, "num_threads", cfg.num_threads, "an integer > 0 or null")

@@ -1,8 +1,11 @@
 """Train one model: ``python -m hexsweep.train [overrides]`` (``-m`` for a sweep).
 
-compose (Hydra) -> validate -> dataset (generated once, memory-mapped) + model -> trainer
--> job folder (hexsweep/jobfolder.py). ``main`` returns the objective so that Hydra
-sweepers can optimise it; a failed job returns NaN in a sweep and exits non-zero alone.
+compose (Hydra) -> validate -> slot + dataset (generated once, memory-mapped) + model ->
+trainer -> job folder (hexsweep/jobfolder.py). ``main`` returns the objective so Hydra
+sweepers can optimise it. In a sweep a job never raises: its failure is recorded in its
+folder (status, error.txt) and it returns NaN, so one bad job cannot end the sweep (Hydra
+would skip the post-sweep aggregation, see shared/design.md); the sweep's summary and
+exit status report it instead. A single run exits non-zero with one line.
 """
 
 from __future__ import annotations
@@ -19,22 +22,31 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hexsweep import faults
 from hexsweep.cli import CONF_DIR, compose, fail
 from hexsweep.config import register_schema, validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
-from hexsweep.devices import resolve_device, usable_cores
+from hexsweep.devices import resolve_device
 from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
-from hexsweep.jobfolder import JobFolder
+from hexsweep.jobfolder import JobFolder, read_result
 from hexsweep.model import HexNet, NetConfig, count_parameters
+from hexsweep.resources.admission import job_signature
+from hexsweep.resources.job import job_resources, parallel_jobs
+from hexsweep.sweep.naming import register_resolvers
 from hexsweep.trainer import EpochHook, evaluate, train
 
 log = logging.getLogger("hexsweep.train")
 register_schema()
+register_resolvers()
+
+
+class NonFiniteObjective(HexsweepError):
+    """No epoch produced a finite objective (diverged training)."""
 
 
 def uniform_policy_accuracy(data: HexDataset) -> float:
@@ -47,7 +59,7 @@ def uniform_policy_accuracy(data: HexDataset) -> float:
 
 def job_info(cfg: DictConfig) -> dict[str, Any]:
     """Identity of this job from Hydra: number, overrides (the key of a sweep row)."""
-    info: dict[str, Any] = {"experiment": cfg.experiment_name}
+    info: dict[str, Any] = {"experiment": cfg.experiment_name, "batch_size": cfg.batch_size}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         info["job"] = {"name": hc.job.name, "num": hc.job.get("num"),
@@ -57,62 +69,74 @@ def job_info(cfg: DictConfig) -> dict[str, Any]:
     return info
 
 
+def _launcher_cfg() -> Any:
+    return HydraConfig.get().launcher if HydraConfig.initialized() else None
+
+
 def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None,
             info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` and fill ``job_dir``; returns result.json's content. Raises on failure."""
     start = time.perf_counter()
+    info = info or {}
     folder = JobFolder(job_dir)
-    record = folder.start(info or {})
+    record = folder.start(info)
     plain = OmegaConf.to_container(cfg, resolve=True)
     record["config"] = plain
+    record["signature"] = job_signature(cfg)
     validate(cfg)
-    threads = cfg.num_threads or usable_cores()
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
-    train_data = HexDataset(data_dir, "train", cfg.data.board_size)
-    val_data = HexDataset(data_dir, "val", cfg.data.board_size)
-    model = HexNet(NetConfig.from_config(cfg.model, meta["board_size"]))
-    record.update({
-        "device": str(device),
-        "num_threads": threads,
-        "data": {"folder": str(data_dir), "board_size": meta["board_size"],
-                 "train_positions": len(train_data), "val_positions": len(val_data),
-                 "uniform_policy_acc": uniform_policy_accuracy(val_data)},
-        "model": {"name": cfg.model.name, "parameters": count_parameters(model)},
-    })
-    outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, on_epoch_end)
-    if outcome.history:
-        best, final = outcome.best_metrics, outcome.history[-1]
-    else:  # zero epochs: the untrained model is both
-        def autocast():
-            return torch.autocast(device.type, enabled=False)
-        best = final = evaluate(model.to(device), val_data, cfg.trainer.eval_batch_size, device,
-                                (cfg.loss.policy_weight, cfg.loss.value_weight),
-                                (cfg.objective.policy_weight, cfg.objective.value_weight),
-                                autocast)
-    metric = cfg.objective.metric
-    if metric not in best:  # train_* metric with zero epochs
-        best = final = {**best, metric: float("nan")}
-    strength = strength_report(model, meta["board_size"], cfg.strength.games,
-                               cfg.data.temperature, device, cfg.seed)
-    record.update({
-        "status": "pruned" if outcome.stopped_by_hook else "completed",
-        "objective": {"metric": metric, "direction": cfg.objective.direction,
-                      "value": best[metric]},
-        "best_epoch": outcome.best_epoch,
-        "best": best,
-        "final": final,
-        "epochs_run": len(outcome.history),
-        "stopped_early": outcome.stopped_early,
-        "restored_best": outcome.restored_best,
-        "strength": strength,
-        "wall_time_s": time.perf_counter() - start,
-        "peak_rss_mb": outcome.peak_rss_mb,
-        "peak_gpu_mem_mb": outcome.peak_gpu_mem_mb,
-        "error": None,
-    })
+    in_sweep = bool(info.get("multirun"))
+    describe = {"experiment": cfg.experiment_name, "overrides": info.get("overrides", [])}
+    with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe) as res:
+        threads = cfg.num_threads or res.threads
+        torch.set_num_threads(threads)
+        torch.manual_seed(cfg.seed)
+        device = resolve_device(res.device)
+        record.update({"device": str(device), "num_threads": threads,
+                       "slot": res.slot.name if res.slot else None, "waited_s": res.waited_s})
+        data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
+        train_data = HexDataset(data_dir, "train", cfg.data.board_size)
+        val_data = HexDataset(data_dir, "val", cfg.data.board_size)
+        model = HexNet(NetConfig.from_config(cfg.model, meta["board_size"]))
+        record.update({
+            "data": {"folder": str(data_dir), "board_size": meta["board_size"],
+                     "train_positions": len(train_data), "val_positions": len(val_data),
+                     "uniform_policy_acc": uniform_policy_accuracy(val_data)},
+            "model": {"name": cfg.model.name, "parameters": count_parameters(model)},
+        })
+        faults.before_training(cfg, model)
+        hook = faults.fault_hook(cfg, on_epoch_end)
+        outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook)
+        if outcome.history:
+            final = outcome.history[-1]
+            best = outcome.best_metrics or final
+        else:  # zero epochs: the untrained model is both
+            best = final = evaluate(model.to(device), val_data, cfg.trainer.eval_batch_size, device,
+                                    (cfg.loss.policy_weight, cfg.loss.value_weight),
+                                    (cfg.objective.policy_weight, cfg.objective.value_weight),
+                                    lambda: torch.autocast(device.type, enabled=False))
+        metric = cfg.objective.metric
+        value = best.get(metric, float("nan"))
+        record.update({
+            "objective": {"metric": metric, "direction": cfg.objective.direction, "value": value},
+            "best_epoch": outcome.best_epoch, "best": best, "final": final,
+            "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,
+            "restored_best": outcome.restored_best,
+        })
+        if not math.isfinite(value) and outcome.history:
+            raise NonFiniteObjective(f"objective {metric} is {value} in every epoch (training diverged)")
+        strength = strength_report(model, meta["board_size"], cfg.strength.games,
+                                   cfg.data.temperature, device, cfg.seed)
+        res.sampler.sample()
+        peak_gpu = outcome.peak_gpu_mem_mb
+        record.update({
+            "status": "pruned" if outcome.stopped_by_hook else "completed",
+            "strength": strength,
+            "wall_time_s": time.perf_counter() - start,
+            "peak_rss_mb": max(outcome.peak_rss_mb, res.sampler.peak_rss_mb),
+            "peak_gpu_mem_mb": peak_gpu,
+            "peak_gpu_used_mb": res.sampler.peak_gpu_used_mb,
+            "error": None,
+        })
     folder.finish(record)
     return record
 
@@ -125,59 +149,88 @@ def classify_failure(exc: BaseException) -> str:
     return "failed"
 
 
+def record_failure(job_dir: Path, exc: BaseException, info: dict[str, Any]) -> dict[str, Any]:
+    folder = JobFolder(job_dir)
+    folder.write_error(exc)
+    record = read_result(job_dir) or {}
+    record.update(info)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    record.update({"status": classify_failure(exc), "error": {"type": type(exc).__name__,
+                                                              "message": message}})
+    folder.finish(record)
+    return record
+
+
 def run_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None
                      ) -> dict[str, Any]:
-    """``run_job`` that never raises: a failure is recorded in the job folder and returned."""
+    """``run_job`` that never raises: a failure is recorded in the job folder and returned.
+
+    With ``retry_on_oom`` an out-of-memory job runs once more at half the batch size; its
+    row then carries ``oom_batch_size`` (the size that failed) and ``retried: true``.
+    """
     info = job_info(cfg)
     try:
         return run_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
-        folder = JobFolder(job_dir)
-        folder.write_error(exc)
-        from hexsweep.jobfolder import read_result
+        record = record_failure(job_dir, exc, info)
+        if record["status"] != "oom" or not cfg.retry_on_oom or cfg.batch_size < 2:
+            return record
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    failed_size = cfg.batch_size
+    with open_dict(cfg):
+        cfg.batch_size = failed_size // 2
+    log.warning("out of memory at batch_size=%d; retrying once at %d", failed_size, cfg.batch_size)
+    info = {**job_info(cfg), "oom_batch_size": failed_size, "retried": True}
+    try:
+        return run_job(cfg, job_dir, on_epoch_end, info)
+    except (Exception, KeyboardInterrupt) as exc:
+        return record_failure(job_dir, exc, info)
 
-        record = read_result(job_dir) or {}
-        record.update(info)
-        record.update({
-            "status": classify_failure(exc),
-            "error": {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0]
-                      if str(exc).strip() else type(exc).__name__},
-            "batch_size": cfg.batch_size,
-        })
-        folder.finish(record)
+
+def completed_result(job_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """For resume: the job's earlier result if it finished with the same overrides."""
+    record = read_result(job_dir)
+    if record and record.get("status") in ("completed", "pruned") and record.get("overrides") == overrides:
         return record
+    return None
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     if not multirun:
         try:
             validate(cfg)
         except HexsweepError as e:
             fail(str(e))
+    if multirun and cfg.resume and (done := completed_result(job_dir, list(hc.overrides.task))):
+        log.info("resume: job %s already completed, skipped", hc.job.num)
+        return float(done["objective"]["value"])
     record = run_job_recorded(cfg, job_dir)
     status = record["status"]
     if status not in ("completed", "pruned"):
         message = f"job {status}: {record['error']['type']}: {record['error']['message']}"
         if multirun:
             log.error("%s (%s)", message, job_dir)
+            if status == "interrupted":
+                raise KeyboardInterrupt
             return float("nan")
         print(f"hexsweep: {message}\n  full traceback: {job_dir / 'error.txt'}", file=sys.stderr)
         raise SystemExit(130 if status == "interrupted" else 1)
     value = record["objective"]["value"]
     log.info("%s: %s = %.4f (best epoch %s of %d) -> %s", record["experiment"],
-             record["objective"]["metric"], value, record["best_epoch"], record["epochs_run"],
-             job_dir)
-    return float(value) if value is not None else math.nan
+             record["objective"]["metric"], value, record["best_epoch"], record["epochs_run"], job_dir)
+    return float(value)
 
 
 def precheck_argv(argv: list[str]) -> None:
     """Fail fast, in one line, on overrides of a single run that Hydra would reject verbosely."""
-    if any(a in ("-m", "--multirun") for a in argv) or any(a.startswith("-") for a in argv):
-        return
-    overrides = [a for a in argv if "=" in a and not a.startswith("hydra")]
+    if any(a.startswith("-") for a in argv):
+        return  # multirun and Hydra's own flags: the sweep launcher validates every job
+    overrides = [a for a in argv if "=" in a and not a.startswith(("hydra", "+hydra", "~hydra"))]
     try:
         compose(overrides)
     except HexsweepError as e:

@@ -1,0 +1,1 @@
+"""Resources of one machine: GPU/CPU slots, memory admission, sampling of what a job uses."""

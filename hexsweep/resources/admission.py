@@ -1,0 +1,94 @@
+"""Memory admission: do not start a job on a slot that cannot hold it; wait instead.
+
+What a job needs is configured (``resources.gpu_mem_mb``, ``resources.ram_mb``) or learned:
+the largest peak recorded by finished jobs of the same sweep with the same model, board
+size and batch size (their ``result.json``), plus a margin. With neither, the job starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from hexsweep.errors import HexsweepError
+from hexsweep.resources.gpus import gpu_status
+
+log = logging.getLogger(__name__)
+MARGIN = 1.15
+
+
+class AdmissionTimeout(HexsweepError):
+    """The memory a job needs did not become free in time."""
+
+
+@dataclass
+class Need:
+    ram_mb: float | None
+    gpu_mem_mb: float | None
+    source: str
+
+
+def job_signature(cfg: Any) -> dict[str, Any]:
+    """What decides a job's memory: the model shape, the board, the batch size, the device."""
+    m = cfg.model
+    return {"model": [m.channels, m.stages, m.blocks_per_stage, bool(m.downsample), m.head],
+            "board_size": cfg.data.board_size, "batch_size": cfg.batch_size}
+
+
+def learned_need(sweep_dir: Path, signature: dict[str, Any]) -> Need | None:
+    ram, gpu, seen = 0.0, 0.0, 0
+    for result in sweep_dir.glob("*/result.json"):
+        try:
+            r = json.loads(result.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if r.get("status") != "completed" or r.get("signature") != signature:
+            continue
+        seen += 1
+        ram = max(ram, r.get("peak_rss_mb") or 0.0)
+        gpu = max(gpu, r.get("peak_gpu_mem_mb") or 0.0)
+    if not seen:
+        return None
+    return Need(ram * MARGIN if ram else None, gpu * MARGIN if gpu else None,
+                f"learned from {seen} finished job(s) of this sweep")
+
+
+def required(cfg: Any, sweep_dir: Path | None, signature: dict[str, Any]) -> Need | None:
+    res = cfg.resources
+    if res.ram_mb is not None or res.gpu_mem_mb is not None:
+        return Need(res.ram_mb, res.gpu_mem_mb, "configured")
+    return learned_need(sweep_dir, signature) if sweep_dir is not None else None
+
+
+def shortfall(need: Need, gpu_index: int | None) -> str | None:
+    """Why the job does not fit right now, or None if it fits."""
+    avail = psutil.virtual_memory().available / 2**20
+    if need.ram_mb is not None and avail < need.ram_mb:
+        return f"needs {need.ram_mb:.0f} MB RAM, {avail:.0f} MB available"
+    if need.gpu_mem_mb is not None and gpu_index is not None:
+        status = gpu_status(gpu_index)
+        if status is not None and status.memory_free_mb < need.gpu_mem_mb:
+            return f"needs {need.gpu_mem_mb:.0f} MB on GPU {gpu_index}, {status.memory_free_mb:.0f} MB free"
+    return None
+
+
+def wait_for_memory(need: Need | None, gpu_index: int | None, timeout_s: float, poll_s: float = 2.0) -> float:
+    """Block until the job fits; returns seconds waited. Logs why it waits, every 30 s."""
+    if need is None:
+        return 0.0
+    start, next_notice = time.monotonic(), 0.0
+    while (why := shortfall(need, gpu_index)) is not None:
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            raise AdmissionTimeout(f"waited {waited:.0f} s for memory: {why} ({need.source})")
+        if waited >= next_notice:
+            log.warning("waiting for memory before starting: %s (%s)", why, need.source)
+            next_notice = waited + 30
+        time.sleep(poll_s)
+    return time.monotonic() - start

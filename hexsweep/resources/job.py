@@ -1,0 +1,79 @@
+"""What one job gets from the machine: a slot, its device and threads, admission, sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hexsweep.devices import usable_cores
+from hexsweep.resources import admission
+from hexsweep.resources.gpus import gpu_count
+from hexsweep.resources.sampler import ResourceSampler
+from hexsweep.resources.slots import Slot, SlotPool
+
+log = logging.getLogger(__name__)
+PARALLEL_ENV = "HEXSWEEP_PARALLEL_JOBS"
+
+
+@dataclass
+class JobResources:
+    slot: Slot | None
+    device: str
+    threads: int
+    waited_s: float
+    sampler: ResourceSampler
+
+
+def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
+    """How many jobs of this sweep run at once: set by the hexsweep launcher, else n_jobs."""
+    if os.environ.get(PARALLEL_ENV, "").isdigit():
+        return max(1, int(os.environ[PARALLEL_ENV]))
+    n = getattr(hydra_launcher_cfg, "n_jobs", None) if hydra_launcher_cfg is not None else None
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def make_pool(cfg: Any, parallel: int) -> SlotPool:
+    wants_gpu = str(cfg.device).startswith("cuda") or cfg.device == "auto"
+    gpus = list(range(gpu_count())) if wants_gpu else []
+    if str(cfg.device).startswith("cuda:"):
+        gpus = [int(str(cfg.device).split(":")[1])]
+    return SlotPool(Path(cfg.resources.lock_dir).resolve(), gpus, cfg.slots_per_gpu,
+                    cfg.resources.cpu_slots or parallel, usable_cores())
+
+
+@contextlib.contextmanager
+def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
+                  describe: dict[str, Any]) -> Iterator[JobResources]:
+    """Hold a slot (in sweeps, or with resources.slots=on), wait for memory, sample usage."""
+    use_slots = cfg.resources.slots == "on" or (cfg.resources.slots == "auto" and in_sweep)
+    slot: Slot | None = None
+    waited = 0.0
+    if use_slots:
+        pool = make_pool(cfg, parallel)
+
+        def notice(waited_s: float) -> None:
+            log.warning("waiting for a free slot (pool of %d in %s) for %.0f s", pool.size,
+                        pool.lock_dir, waited_s)
+
+        slot = pool.acquire(cfg.resources.wait_timeout_s, on_wait=notice)
+        slot.describe({**describe, "job_dir": str(job_dir)})
+    try:
+        device = cfg.device
+        if slot is not None and slot.kind == "gpu" and cfg.device in ("auto", "cuda"):
+            device = slot.device()
+        threads = slot.threads if slot is not None else usable_cores()
+        gpu_index = slot.index if slot is not None and slot.kind == "gpu" else None
+        need = admission.required(cfg, job_dir.parent if in_sweep else None,
+                                  admission.job_signature(cfg))
+        waited += admission.wait_for_memory(need, gpu_index, cfg.resources.wait_timeout_s)
+        with ResourceSampler(job_dir / "resources.jsonl", cfg.resources.sample_interval_s,
+                             gpu_index) as sampler:
+            yield JobResources(slot, device, threads, waited, sampler)
+    finally:
+        if slot is not None:
+            slot.release()

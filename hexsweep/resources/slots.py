@@ -1,0 +1,152 @@
+"""Slots: the unit of parallelism. A job holds one slot for its whole life.
+
+A slot is a lock file in one lock directory under the outputs root, held with
+``fcntl.flock``: the kernel releases it when the holding process dies, however it dies
+(SIGKILL and the OOM killer included), so a slot never leaks. Every sweep on the machine
+that uses the same outputs root draws from the same pool, so two sweeps started side by
+side share the GPUs instead of both starting on GPU 0.
+
+- GPU slots: ``gpu<i>-<k>.lock`` for GPU i and k < slots_per_gpu; the job trains on
+  ``torch.device("cuda", i)`` (an explicit device: CUDA_VISIBLE_DEVICES is read once per
+  process and cannot move a job to another GPU).
+- CPU slots (no GPU, or device=cpu): ``cpu-<k>.lock`` for k < the pool size (the sweep's
+  number of parallel jobs); each job sets ``torch.set_num_threads(cores // pool size)``
+  so the parallel jobs together use the cores without oversubscription.
+
+The holder writes who it is (pid, job folder, experiment) into its lock file, which
+``python -m hexsweep.monitor`` reads.
+
+Written with fcntl instead of the filelock package because filelock's FileLock is
+reentrant per path within a process and cannot "try each of N locks and keep the first
+free one" with the holder's description inside the lock file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hexsweep.errors import HexsweepError
+
+log = logging.getLogger(__name__)
+
+
+class SlotTimeout(HexsweepError):
+    """No slot became free in time."""
+
+
+@dataclass
+class Slot:
+    kind: str  # "gpu" or "cpu"
+    index: int  # GPU index for gpu slots, k for cpu slots
+    share: int  # k-th share of that GPU / of the CPU pool
+    threads: int
+    path: Path
+    _fd: int | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"gpu{self.index}-{self.share}" if self.kind == "gpu" else f"cpu-{self.share}"
+
+    def device(self) -> str:
+        return f"cuda:{self.index}" if self.kind == "gpu" else "cpu"
+
+    def describe(self, info: dict[str, Any]) -> None:
+        """Record the holder in the lock file (only the holder writes it)."""
+        if self._fd is None:
+            return
+        blob = json.dumps({"slot": self.name, "pid": os.getpid(), "since": time.time(), **info}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, blob, 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class SlotPool:
+    lock_dir: Path
+    gpus: list[int]
+    slots_per_gpu: int
+    cpu_slots: int
+    cores: int
+
+    def candidates(self) -> list[tuple[str, int, int]]:
+        if self.gpus:
+            return [("gpu", g, k) for k in range(self.slots_per_gpu) for g in self.gpus]
+        return [("cpu", 0, k) for k in range(self.cpu_slots)]
+
+    @property
+    def size(self) -> int:
+        return len(self.candidates())
+
+    def threads_per_slot(self) -> int:
+        return max(1, self.cores // max(1, self.size))
+
+    def try_acquire(self) -> Slot | None:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        for kind, index, share in self.candidates():
+            name = f"gpu{index}-{share}" if kind == "gpu" else f"cpu-{share}"
+            path = self.lock_dir / f"{name}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return Slot(kind, index, share, self.threads_per_slot(), path, fd)
+        return None
+
+    def acquire(self, timeout_s: float | None = None, poll_s: float = 0.2,
+                on_wait: Callable[[float], None] | None = None) -> Slot:
+        """Block until a slot is free; ``on_wait(waited_s)`` is called about every 30 s."""
+        start = time.monotonic()
+        next_notice = 0.0
+        while True:
+            slot = self.try_acquire()
+            if slot is not None:
+                return slot
+            waited = time.monotonic() - start
+            if timeout_s is not None and waited >= timeout_s:
+                raise SlotTimeout(f"no free slot in {self.lock_dir} after {waited:.0f} s "
+                                  f"(pool of {self.size}); are other sweeps running?")
+            if on_wait is not None and waited >= next_notice:
+                on_wait(waited)
+                next_notice = waited + 30
+            time.sleep(poll_s)
+
+
+def read_holders(lock_dir: Path) -> list[dict[str, Any]]:
+    """Who holds which slot, for the monitor: only lock files that are really locked."""
+    holders = []
+    for path in sorted(Path(lock_dir).glob("*.lock")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                continue  # we could lock it: nobody holds it
+            except BlockingIOError:
+                pass
+            raw = os.pread(fd, 65536, 0)
+        finally:
+            os.close(fd)
+        try:
+            holders.append(json.loads(raw.decode()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            holders.append({"slot": path.stem})
+    return holders

@@ -1,0 +1,1 @@
+"""Sweeps: the hexsweep launcher, aggregation of job folders, the report."""

@@ -1,0 +1,143 @@
+"""Aggregation: job folders -> one table (pandas), one row per job.
+
+Reads only ``result.json`` (and ``metrics.jsonl`` for curves) of each job folder, plus the
+sweep's ``sweep.json`` to list planned jobs that never started. Folders without a
+result (half-written, never started) become rows with status ``missing``/``not_started``
+rather than errors. The row key is the job's override set, not its experiment name, so
+the same experiment with other overrides stays distinguishable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hexsweep.atomic import read_jsonl
+from hexsweep.jobfolder import RESULT_FILE, read_result
+
+METRIC_KEYS = ("val_objective", "val_loss", "val_policy_loss", "val_value_loss", "val_policy_acc",
+               "val_value_acc", "train_loss", "train_policy_acc", "samples_per_s")
+OK = ("completed", "pruned")
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Subfolders that are job folders (hold a result or Hydra's .hydra), numerically sorted."""
+    out = []
+    with os.scandir(sweep_dir) as it:
+        for entry in it:
+            if entry.is_dir() and not entry.name.startswith("."):
+                p = Path(entry.path)
+                if (p / RESULT_FILE).exists() or (p / ".hydra").exists():
+                    out.append(p)
+    return sorted(out, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def override_key(overrides: list[str]) -> str:
+    return " ".join(sorted(overrides)) if overrides else "(defaults)"
+
+
+def _overrides_from_hydra(job: Path) -> list[str]:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return []
+    import yaml
+
+    try:
+        return list(yaml.safe_load(path.read_text()) or [])
+    except yaml.YAMLError:
+        return []
+
+
+def job_row(job: Path, sweep: str) -> dict[str, Any]:
+    r = read_result(job)
+    row: dict[str, Any] = {"sweep": sweep, "job_dir": str(job),
+                           "job_num": int(job.name) if job.name.isdigit() else None}
+    if r is None:
+        overrides = _overrides_from_hydra(job)
+        row.update(status="missing", overrides=override_key(overrides), _overrides=overrides,
+                   error="no readable result.json (never started, or killed before writing it)")
+        return row
+    overrides = r.get("overrides") or []
+    best, final = r.get("best") or {}, r.get("final") or {}
+    objective = r.get("objective") or {}
+    error = r.get("error") or {}
+    row.update({
+        "experiment": r.get("experiment"),
+        "overrides": override_key(overrides),
+        "_overrides": overrides,
+        "status": r.get("status"),
+        "objective_metric": objective.get("metric"),
+        "objective": objective.get("value"),
+        "best_epoch": r.get("best_epoch"),
+        "epochs_run": r.get("epochs_run"),
+        "batch_size": r.get("batch_size", (r.get("config") or {}).get("batch_size")),
+        "oom_batch_size": r.get("oom_batch_size"),
+        "retried": bool(r.get("retried", False)),
+        "wall_time_s": r.get("wall_time_s"),
+        "peak_rss_mb": r.get("peak_rss_mb"),
+        "peak_gpu_mem_mb": r.get("peak_gpu_mem_mb"),
+        "device": r.get("device"),
+        "slot": r.get("slot"),
+        "num_threads": r.get("num_threads"),
+        "host": r.get("host"),
+        "win_rate_vs_generator": (r.get("strength") or {}).get("win_rate_vs_generator"),
+        "win_rate_vs_random": (r.get("strength") or {}).get("win_rate_vs_random"),
+        "error": f"{error.get('type')}: {error.get('message')}" if error else None,
+    })
+    for key in METRIC_KEYS:
+        row[f"best_{key}"] = best.get(key)
+        row[f"final_{key}"] = final.get(key)
+    return row
+
+
+def not_started_rows(sweep_dir: Path, seen: set[str], sweep: str) -> list[dict[str, Any]]:
+    try:
+        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    rows = []
+    for num, job in manifest.get("jobs", {}).items():
+        if job["dir"] not in seen:
+            rows.append({"sweep": sweep, "job_dir": str(sweep_dir / job["dir"]), "job_num": int(num),
+                         "experiment": job.get("experiment"), "overrides": override_key(job["overrides"]),
+                         "_overrides": job["overrides"], "status": "not_started"})
+    return rows
+
+
+def aggregate(sweep_dirs: list[Path], threads: int = 8) -> pd.DataFrame:
+    """One row per job of every sweep folder, with one ``ov.<key>`` column per override key."""
+    rows: list[dict[str, Any]] = []
+    for sweep_dir in sweep_dirs:
+        sweep_dir = Path(sweep_dir)
+        jobs = job_dirs(sweep_dir)
+        with ThreadPoolExecutor(threads) as pool:  # reading many small files is I/O-bound
+            rows.extend(pool.map(lambda j, s=str(sweep_dir): job_row(j, s), jobs))
+        rows.extend(not_started_rows(sweep_dir, {j.name for j in jobs}, str(sweep_dir)))
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    ov_columns: dict[str, list[Any]] = {}
+    for i, overrides in enumerate(df["_overrides"]):
+        for item in overrides or []:
+            key, _, value = item.partition("=")
+            ov_columns.setdefault(f"ov.{key.lstrip('+~')}", [None] * len(df))[i] = value
+    df = df.drop(columns=["_overrides"])
+    for col, values in sorted(ov_columns.items()):
+        df[col] = values
+    if "host" not in df:
+        df["host"] = socket.gethostname()
+    return df
+
+
+def load_curves(df: pd.DataFrame, max_jobs: int = 200) -> dict[str, list[dict]]:
+    """metrics.jsonl of the best ``max_jobs`` jobs (by objective), keyed by job folder."""
+    if df.empty or "objective" not in df:
+        return {}
+    ranked = df[df["status"].isin(OK)].sort_values("objective").head(max_jobs)
+    return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl") for row in ranked.itertuples()}

@@ -1,0 +1,56 @@
+"""Post-sweep aggregation as a Hydra callback, plus the function the launcher and analyze share.
+
+Hydra calls ``on_multirun_end`` only if no job raised; hexsweep jobs never raise (they
+record their failure), so the callback runs after every sweep, under any launcher. The
+hexsweep launcher calls ``report_sweep`` itself when interrupted, since Hydra then skips
+the callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from hexsweep.sweep.aggregate import OK, aggregate
+from hexsweep.sweep.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+def failure_line(summary: dict[str, Any]) -> str | None:
+    failed = summary["failed"]
+    if not failed:
+        return None
+    shown = "; ".join(f"{f['job_num']} ({f['label']}): {f['status']}"
+                      + (f": {f['error']}" if f["error"] else "") for f in failed[:3])
+    more = f"; ... {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} of {summary['total']} jobs failed: {shown}{more}"
+
+
+def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
+    df = aggregate([sweep_dir])
+    summary = write_report(df, sweep_dir, [sweep_dir])
+    ok = sum(v for k, v in summary["by_status"].items() if k in OK)
+    best = summary["best"]
+    best_text = (f"; best: job {best['job_num']} ({best['label']}) "
+                 f"{summary['objective_metric']}={best['objective']:.4f}" if best else "")
+    print(f"[hexsweep] {ok} of {summary['total']} jobs completed{best_text}\n"
+          f"[hexsweep] report: {sweep_dir / 'report.md'}", file=sys.stderr, flush=True)
+    if (line := failure_line(summary)) and not interrupted:
+        print(f"hexsweep: {line}", file=sys.stderr, flush=True)
+    return summary
+
+
+class SweepReport(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        if not sweep_dir.exists():
+            return
+        summary = report_sweep(sweep_dir)
+        if summary["failed"]:
+            raise SystemExit(1)
