@@ -36,6 +36,14 @@ STATUSES = ("running", "completed", "failed", "oom", "pruned", "interrupted", "c
 FINISHED_OK = ("completed", "pruned")
 
 
+BOOKKEEPING_KEYS = ("resume",)  # overrides that do not change what a job computes
+
+
+def job_key(overrides: list[str]) -> list[str]:
+    """The overrides that identify a job: sorted, without bookkeeping keys such as resume."""
+    return sorted(o for o in overrides if o.partition("=")[0].lstrip("+~") not in BOOKKEEPING_KEYS)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -64,6 +72,10 @@ class JobFolder:
         (self.path / ERROR_FILE).unlink(missing_ok=True)
         atomic_write_json(self.result_path, record)
         return record
+
+    def update(self, record: dict[str, Any]) -> None:
+        """Rewrite the running record (e.g. once the job holds its slot)."""
+        atomic_write_json(self.result_path, record)
 
     def finish(self, record: dict[str, Any]) -> None:
         record["finished_at"] = now_iso()

@@ -33,7 +33,7 @@ from hexsweep.devices import resolve_device
 from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
-from hexsweep.jobfolder import JobFolder, read_result
+from hexsweep.jobfolder import JobFolder, job_key, read_result
 from hexsweep.model import HexNet, NetConfig, count_parameters
 from hexsweep.resources.admission import job_signature
 from hexsweep.resources.job import job_resources, parallel_jobs
@@ -93,6 +93,7 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
         device = resolve_device(res.device)
         record.update({"device": str(device), "num_threads": threads,
                        "slot": res.slot.name if res.slot else None, "waited_s": res.waited_s})
+        folder.update(record)
         data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
         train_data = HexDataset(data_dir, "train", cfg.data.board_size)
         val_data = HexDataset(data_dir, "val", cfg.data.board_size)
@@ -191,7 +192,8 @@ def run_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | N
 def completed_result(job_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
     """For resume: the job's earlier result if it finished with the same overrides."""
     record = read_result(job_dir)
-    if record and record.get("status") in ("completed", "pruned") and record.get("overrides") == overrides:
+    if record and record.get("status") in ("completed", "pruned") and \
+            job_key(record.get("overrides") or []) == job_key(overrides):
         return record
     return None
 

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from hexsweep.atomic import read_jsonl
-from hexsweep.jobfolder import RESULT_FILE, read_result
+from hexsweep.jobfolder import RESULT_FILE, job_key, read_result
 
 METRIC_KEYS = ("val_objective", "val_loss", "val_policy_loss", "val_value_loss", "val_policy_acc",
                "val_value_acc", "train_loss", "train_policy_acc", "samples_per_s")
@@ -39,7 +39,8 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def override_key(overrides: list[str]) -> str:
-    return " ".join(sorted(overrides)) if overrides else "(defaults)"
+    key = job_key(overrides)
+    return " ".join(key) if key else "(defaults)"
 
 
 def _overrides_from_hydra(job: Path) -> list[str]:
@@ -124,7 +125,7 @@ def aggregate(sweep_dirs: list[Path], threads: int = 8) -> pd.DataFrame:
         return df
     ov_columns: dict[str, list[Any]] = {}
     for i, overrides in enumerate(df["_overrides"]):
-        for item in overrides or []:
+        for item in job_key(overrides or []):
             key, _, value = item.partition("=")
             ov_columns.setdefault(f"ov.{key.lstrip('+~')}", [None] * len(df))[i] = value
     df = df.drop(columns=["_overrides"])
