@@ -111,6 +111,7 @@ class JobRunner:
         self.children: dict[int, multiprocessing.process.BaseProcess] = {}
         self.lock = threading.Lock()
         self.singleton_state = Singleton.get_state()
+        self.common: set[str] = set()
         enabled = launcher.params.get("progress", "auto") != "off"
         self.progress = SweepProgress(total, n_jobs, launcher.params.get("progress_interval_s", 15.0),
                                       enabled)
@@ -142,7 +143,7 @@ class JobRunner:
         num = int(cfg.hydra.job.num)
         job_dir = self.sweep_dir / str(cfg.hydra.sweep.subdir)
         overrides = list(cfg.hydra.overrides.task)
-        label = " ".join(filter_overrides(overrides)) or "defaults"
+        label = job_label(overrides, self.common)
         if cfg.get("resume") and (done := completed_result(job_dir, overrides)):
             self.progress.skipped(num, label)
             return self._job_return(cfg, job_dir, done)
@@ -207,11 +208,23 @@ class JobRunner:
                         os.kill(proc.pid, signal.SIGINT)
 
 
+def job_label(overrides: Sequence[str], common: set[str]) -> str:
+    """What tells this job apart from the others of its sweep."""
+    return " ".join(o for o in filter_overrides(overrides) if o not in common) or "defaults"
+
+
+def common_overrides(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    sets = [set(o) for o in job_overrides]
+    return set.intersection(*sets) if len(sets) > 1 else set()
+
+
 def validate_all(runner: JobRunner, job_overrides: Sequence[Sequence[str]], first: int) -> list[DictConfig]:
     """Compose and validate every job before the first starts; one line on the first bad one."""
     configs = []
+    common = common_overrides(job_overrides)
+    runner.common = common
     for i, overrides in enumerate(job_overrides):
-        label = " ".join(filter_overrides(overrides)) or "defaults"
+        label = job_label(overrides, common)
         try:
             cfg = runner.job_config(overrides, first + i)
             validate(cfg)
