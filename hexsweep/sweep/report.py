@@ -32,7 +32,8 @@ def add_group(df: pd.DataFrame) -> pd.DataFrame:
     def label(row: pd.Series, skip_seed: bool) -> str:
         parts = [f"{c[3:]}={row[c]}" for c in varying
                  if not (skip_seed and c == "ov.seed") and row[c] is not None and not pd.isna(row[c])]
-        return " ".join(parts) or str(row.get("experiment") or "(defaults)")
+        experiment = row.get("experiment")
+        return " ".join(parts) or (str(experiment) if isinstance(experiment, str) else f"job {row.get('job_num')}")
 
     df["label"] = df.apply(label, axis=1, skip_seed=False)
     df["group"] = df.apply(label, axis=1, skip_seed=True)

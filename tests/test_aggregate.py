@@ -1,0 +1,93 @@
+"""Aggregation of job folders, including broken ones, and OOM handling of a job."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from hexsweep.sweep.aggregate import aggregate
+from hexsweep.sweep.report import write_report
+from hexsweep.train import run_job_recorded
+
+
+def _result(status, objective, overrides, **extra):
+    return {"status": status, "experiment": "balanced_weights", "overrides": overrides,
+            "objective": {"metric": "val_objective", "direction": "minimize", "value": objective},
+            "best": {"val_objective": objective, "val_policy_acc": 0.4, "val_value_loss": 0.9},
+            "final": {"val_objective": objective}, "epochs_run": 3, "best_epoch": 2, "peak_rss_mb": 300.0,
+            **extra}
+
+
+def make_sweep(root):
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = {
+        "0": _result("completed", 1.2, ["seed=0", "experiment=balanced_weights"]),
+        "1": _result("completed", 1.0, ["seed=1", "experiment=balanced_weights"]),
+        "3": _result("running", None, ["seed=3"], pid=2**22 + 12345, host=__import__("socket").gethostname()),
+        "5": _result("completed", 1.1, ["seed=0", "experiment=balanced_weights", "batch_size=64"]),
+    }
+    for name, r in jobs.items():
+        (root / name).mkdir()
+        (root / name / "result.json").write_text(json.dumps(r))
+        (root / name / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 1, "val_objective": 1.5}) + "\n" + '{"epoch": 2, "val_obj')  # torn line
+    (root / "2").mkdir()
+    (root / "2" / "result.json").write_text('{"status": "compl')  # half-written
+    (root / "4" / ".hydra").mkdir(parents=True)
+    (root / "4" / ".hydra" / "overrides.yaml").write_text("- seed=4\n")
+    (root / "sweep.json").write_text(json.dumps({"jobs": {"6": {"overrides": ["seed=6"], "dir": "6"}}}))
+    return root
+
+
+def test_broken_and_missing_job_folders_become_rows(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    df = aggregate([sweep]).set_index("job_num")
+    assert df.loc[0, "status"] == "completed" and df.loc[1, "objective"] == 1.0
+    assert df.loc[2, "status"] == "missing" and df.loc[4, "status"] == "missing"
+    assert df.loc[4, "ov.seed"] == "4"
+    assert df.loc[3, "status"] == "crashed"  # running, but its process is gone
+    assert df.loc[6, "status"] == "not_started"
+    # same experiment name, other overrides: separate rows and groups
+    summary = write_report(aggregate([sweep]), sweep, [sweep])
+    assert summary["best"]["job_num"] == 1
+    assert summary["by_status"] == {"completed": 3, "missing": 2, "crashed": 1, "not_started": 1}
+    groups = summary["groups"]
+    assert groups["experiment=balanced_weights"]["n"] == 2
+    assert groups["experiment=balanced_weights"]["mean"] == 1.1
+    assert groups["batch_size=64 experiment=balanced_weights"]["n"] == 1
+    back = pd.read_parquet(sweep / "results.parquet")
+    assert len(back) == 7 and set(back["status"]) == {"completed", "missing", "crashed", "not_started"}
+    assert back.equals(pd.read_parquet(sweep / "results.parquet"))
+    assert json.loads((sweep / "summary.json").read_text())["total"] == 7
+
+
+def test_analyze_merges_sweeps_from_several_folders(tmp_path):
+    a, b = make_sweep(tmp_path / "a"), make_sweep(tmp_path / "b")
+    out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(a), str(b), "--out", str(tmp_path / "m")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "14 jobs: 6 completed, 2 crashed, 4 missing, 2 not_started" in out.stdout
+    df = pd.read_csv(tmp_path / "m" / "results.csv")
+    assert set(df["sweep"]) == {str(a), str(b)} and len(df) == 14
+    bad = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("hexsweep: error: ")
+
+
+def test_oom_is_recorded_and_retried_at_half_batch(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("batch_size=256", "fault.oom_above_batch_size=128", "trainer.epochs=1")
+    r = run_job_recorded(cfg, tmp_path / "oom")
+    assert r["status"] == "oom" and r["batch_size"] == 256
+    assert "out of memory at batch_size=256" in r["error"]["message"]
+    cfg = tiny_cfg("batch_size=256", "fault.oom_above_batch_size=128", "trainer.epochs=1", "retry_on_oom=true")
+    r = run_job_recorded(cfg, tmp_path / "retry")
+    assert r["status"] == "completed" and r["batch_size"] == 128
+    assert r["oom_batch_size"] == 256 and r["retried"] is True
+    row = aggregate([tmp_path]).set_index("job_dir").loc[str(tmp_path / "retry")]
+    assert row["retried"] and row["oom_batch_size"] == 256 and row["batch_size"] == 128
+
+
+def test_nan_objective_is_a_failed_job(tiny_cfg, tmp_path):
+    r = run_job_recorded(tiny_cfg("fault.nan_at_epoch=1", "trainer.epochs=2"), tmp_path / "nan")
+    assert r["status"] == "failed" and r["error"]["type"] == "NonFiniteObjective"

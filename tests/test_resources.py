@@ -1,0 +1,159 @@
+"""Slots, admission and GPU paths (NVML mocked where no GPU exists)."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hexsweep.resources import admission, gpus
+from hexsweep.resources import job as jobres
+from hexsweep.resources.gpus import GpuStatus
+from hexsweep.resources.slots import SlotPool, SlotTimeout, read_holders
+
+
+def _hold(lock_dir, log_path, worker, hold_s):
+    pool = SlotPool(Path(lock_dir), [], 1, 2, 4)
+    slot = pool.acquire(timeout_s=60, poll_s=0.02)
+    start = time.time()
+    time.sleep(hold_s)
+    end = time.time()
+    slot.release()
+    with open(log_path, "a") as f:
+        f.write(json.dumps({"worker": worker, "slot": slot.name, "start": start, "end": end}) + "\n")
+
+
+def test_slots_are_exclusive_across_processes(tmp_path):
+    log_path = tmp_path / "log.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hold, args=(tmp_path / "locks", log_path, i, 0.3)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(rows) == 6 and {r["slot"] for r in rows} <= {"cpu-0", "cpu-1"}
+    for a in rows:
+        for b in rows:
+            if a is not b and a["slot"] == b["slot"]:
+                assert a["end"] <= b["start"] or b["end"] <= a["start"], "two holders on one slot"
+    # never more than two at once
+    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    assert peak <= 2
+
+
+def test_a_killed_holder_frees_its_slot(tmp_path):
+    code = ("import sys,time; from pathlib import Path; from hexsweep.resources.slots import SlotPool; "
+            "s=SlotPool(Path(sys.argv[1]),[],1,1,2).acquire(); s.describe({'experiment':'x'}); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    pool = SlotPool(tmp_path, [], 1, 1, 2)
+    assert pool.try_acquire() is None
+    holders = read_holders(tmp_path)
+    assert holders[0]["pid"] == holder.pid and holders[0]["slot"] == "cpu-0"
+    with pytest.raises(SlotTimeout, match="no free slot"):
+        pool.acquire(timeout_s=0.3)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    slot = pool.acquire(timeout_s=5)
+    assert slot.name == "cpu-0"
+    slot.release()
+    assert read_holders(tmp_path) == []
+
+
+def test_cpu_threads_are_divided_between_parallel_jobs():
+    assert SlotPool(Path("/tmp/x"), [], 1, 2, 16).threads_per_slot() == 8
+    assert SlotPool(Path("/tmp/x"), [], 1, 3, 2).threads_per_slot() == 1
+    assert SlotPool(Path("/tmp/x"), [0, 1], 2, 1, 16).threads_per_slot() == 4
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """NVML mocked: two GPUs, GPU 1 nearly full."""
+    status = {0: GpuStatus(0, "Fake H100", 80_000, 1_000, 79_000, 5.0),
+              1: GpuStatus(1, "Fake H100", 80_000, 78_000, 2_000, 99.0)}
+    monkeypatch.setattr(gpus, "gpu_count", lambda: 2)
+    monkeypatch.setattr(jobres, "gpu_count", lambda: 2)
+    monkeypatch.setattr(admission, "gpu_status", lambda i: status.get(i))
+    return status
+
+
+def _cfg(**kw):
+    base = dict(device="auto", slots_per_gpu=2, resources=SimpleNamespace(lock_dir="/tmp/unused", cpu_slots=None))
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_gpu_slots_give_each_job_its_own_device(two_gpus, tmp_path):
+    pool = jobres.make_pool(_cfg(resources=SimpleNamespace(lock_dir=str(tmp_path), cpu_slots=None)), 4)
+    assert pool.candidates() == [("gpu", 0, 0), ("gpu", 1, 0), ("gpu", 0, 1), ("gpu", 1, 1)]
+    held = [pool.try_acquire() for _ in range(4)]
+    assert [s.device() for s in held] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert pool.try_acquire() is None
+    for s in held:
+        s.release()
+    cpu_pool = jobres.make_pool(_cfg(device="cpu", resources=SimpleNamespace(lock_dir=str(tmp_path),
+                                                                            cpu_slots=None)), 3)
+    assert cpu_pool.size == 3 and cpu_pool.gpus == []
+
+
+def test_memory_admission_waits_and_explains(two_gpus):
+    need = admission.Need(ram_mb=None, gpu_mem_mb=10_000, source="configured")
+    assert admission.shortfall(need, 0) is None
+    assert admission.shortfall(need, 1) == "needs 10000 MB on GPU 1, 2000 MB free"
+    with pytest.raises(admission.AdmissionTimeout, match="needs 10000 MB on GPU 1"):
+        admission.wait_for_memory(need, 1, timeout_s=0.3, poll_s=0.05)
+    huge_ram = admission.Need(ram_mb=1e12, gpu_mem_mb=None, source="configured")
+    assert "MB RAM" in admission.shortfall(huge_ram, None)
+
+
+def test_memory_need_is_learned_from_finished_jobs(tmp_path):
+    sig = {"model": [32, 1, 4, False, "conv"], "board_size": 7, "batch_size": 512}
+    for i, (status, rss, s) in enumerate([("completed", 900.0, sig), ("completed", 1000.0, sig),
+                                          ("failed", 5000.0, sig),
+                                          ("completed", 9999.0, {**sig, "batch_size": 1024})]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(
+            {"status": status, "peak_rss_mb": rss, "peak_gpu_mem_mb": rss / 2, "signature": s}))
+    need = admission.learned_need(tmp_path, sig)
+    assert need.ram_mb == pytest.approx(1000 * admission.MARGIN)
+    assert need.gpu_mem_mb == pytest.approx(500 * admission.MARGIN)
+    assert "2 finished job" in need.source
+    assert admission.learned_need(tmp_path, {**sig, "batch_size": 64}) is None
+
+
+def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
+    from hexsweep.sweep import launcher
+
+    monkeypatch.setattr(launcher, "gpu_count", lambda: 2)
+    cfg = SimpleNamespace(device="auto", slots_per_gpu=3)
+    assert launcher.default_n_jobs(cfg, 100) == 6
+    assert launcher.default_n_jobs(cfg, 4) == 4
+    cpu_cfg = SimpleNamespace(device="cpu", slots_per_gpu=3)
+    assert launcher.default_n_jobs(cpu_cfg, 100) == len(os.sched_getaffinity(0))
+
+
+def test_monitor_lists_machine_and_slot_holders(tmp_path):
+    pool = SlotPool(tmp_path, [], 1, 1, 2)
+    slot = pool.acquire()
+    slot.describe({"experiment": "policy_heavy", "job_dir": "/x/3"})
+    out = subprocess.run([sys.executable, "-m", "hexsweep.monitor", "--duration", "0", "--interval", "1",
+                          "--lock-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    slot.release()
+    assert out.returncode == 0, out.stderr
+    assert "CPU" in out.stdout and "RAM" in out.stdout
+    assert f"slot cpu-0: pid {os.getpid()}, policy_heavy" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "hexsweep.monitor", "--interval", "0"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--interval 0.0 is invalid" in bad.stderr
