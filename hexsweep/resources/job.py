@@ -34,6 +34,8 @@ def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
     if os.environ.get(PARALLEL_ENV, "").isdigit():
         return max(1, int(os.environ[PARALLEL_ENV]))
     n = getattr(hydra_launcher_cfg, "n_jobs", None) if hydra_launcher_cfg is not None else None
+    if isinstance(n, int) and n < 0:  # joblib's convention: -1 = all cores, -2 = all but one
+        return max(1, usable_cores() + 1 + n)
     return n if isinstance(n, int) and n > 0 else 1
 
 

@@ -57,6 +57,8 @@ from hexsweep.resources.job import PARALLEL_ENV
 from hexsweep.sweep.progress import SweepProgress
 
 log = logging.getLogger(__name__)
+# Job configs composed and validated by the hexsweep_basic sweeper, keyed by their overrides.
+PREPARED: dict[tuple[str, ...], DictConfig] = {}
 JOB_PROCESS_ENV = "HEXSWEEP_JOB_PROCESS"
 PR_SET_PDEATHSIG = 1
 
@@ -67,6 +69,22 @@ def default_n_jobs(config: DictConfig, num_jobs: int) -> int:
     gpus = gpu_count() if device == "auto" or device.startswith("cuda") else 0
     machine = gpus * int(config.slots_per_gpu) if gpus else usable_cores()
     return max(1, min(machine, num_jobs))
+
+
+def warm_imports() -> None:
+    """Import in the parent what every job would import on first use, so forked jobs share it.
+
+    Building a torch optimizer imports torch._dynamo, sympy and ~800 modules (1.5 s); done
+    once here, each forked job starts with them loaded. It runs no parallel kernel (one
+    scalar parameter), so the parent never starts the OpenMP pool a forked child could not use.
+    """
+    import torch
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (the report, after the sweep)
 
 
 def _die_with_parent() -> None:
@@ -117,7 +135,9 @@ class JobRunner:
                                       enabled)
 
     def job_config(self, overrides: Sequence[str], num: int) -> DictConfig:
-        cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        cfg = PREPARED.pop(tuple(overrides), None)
+        if cfg is None:
+            cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
             cfg.hydra.job.num = num
@@ -236,6 +256,21 @@ def validate_all(runner: JobRunner, job_overrides: Sequence[Sequence[str]], firs
     return configs
 
 
+def prepare_batch(config_loader: Any, master: DictConfig, batch: Sequence[Sequence[str]]) -> None:
+    """Compose and validate a batch once, for the launcher to reuse (see hexsweep_basic)."""
+    common = common_overrides(batch)
+    for i, overrides in enumerate(batch):
+        label = job_label(overrides, common)
+        try:
+            cfg = config_loader.load_sweep_config(master, list(overrides))
+            validate(cfg)
+        except HexsweepError as e:
+            fail(f"job {i} ({label}): {e}")
+        except (HydraException, OmegaConfBaseException) as e:
+            fail(f"job {i} ({label}): {first_line(str(e))}")
+        PREPARED[tuple(overrides)] = cfg
+
+
 def write_manifest(sweep_dir: Path, configs: list[DictConfig], n_jobs: int) -> None:
     """``sweep.json``: the planned jobs, so the report can list jobs that never started."""
     import json
@@ -260,6 +295,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     n_jobs = requested if requested and requested > 0 else default_n_jobs(launcher.config, len(job_overrides))
     runner = JobRunner(launcher, n_jobs, len(job_overrides))
     configs = validate_all(runner, job_overrides, initial_job_idx)
+    warm_imports()
     runner.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(runner.sweep_dir, configs, n_jobs)
     os.environ[PARALLEL_ENV] = str(n_jobs)  # inherited by the forked jobs: their CPU share
