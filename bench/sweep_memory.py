@@ -37,7 +37,7 @@ def main() -> None:
                "trainer.checkpoints=false", "batch_size=512", "hydra.launcher.progress=off",
                "trainer.eval_batch_size=1024"]
         wall, _, _ = run_timed(hexsweep_cmd(*data, "trainer.epochs=0", "strength.games=0"))
-        dataset = folder_mb(next((Path(tmp) / "data").glob("hex13-*")))
+        dataset = folder_mb(next(p for p in (Path(tmp) / "data").glob("hex13-*") if p.is_dir()))
         print(f"dataset: {dataset:.0f} MB on disk (generated in {wall:.0f} s)")
         _, one, _ = run_timed(hexsweep_cmd("-m", "seed=0", *job, "hydra.launcher.n_jobs=1"), watch_memory=True)
         _, two, _ = run_timed(hexsweep_cmd("-m", "seed=0,1", *job, "hydra.launcher.n_jobs=2"), watch_memory=True)

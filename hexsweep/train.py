@@ -92,7 +92,8 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
         torch.manual_seed(cfg.seed)
         device = resolve_device(res.device)
         record.update({"device": str(device), "num_threads": threads,
-                       "slot": res.slot.name if res.slot else None, "waited_s": res.waited_s})
+                       "slot": res.slot.name if res.slot else None, "slot_acquired_at": res.acquired_at,
+                       "waited_s": res.waited_s})
         folder.update(record)
         data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
         train_data = HexDataset(data_dir, "train", cfg.data.board_size)

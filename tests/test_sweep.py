@@ -103,3 +103,20 @@ def test_a_bad_value_stops_the_sweep_before_any_job(tmp_path, data):
     lines = out.stderr.strip().splitlines()
     assert lines[-1] == "hexsweep: error: job 1 (batch_size=0): batch_size=0 is invalid: allowed an integer > 0"
     assert not list((tmp_path / "multirun").glob("*/*/*/result.json"))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_other_hydra_launchers_keep_folders_slots_and_report(tmp_path, data, launcher):
+    """Hydra's own launchers: a raising job is recorded, the rest run, the callback reports."""
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    cmd = [c for c in sweep_cmd(tmp_path, data, f"hydra/launcher={launcher}", "fault.raise_at_epoch=1,null",
+                                *extra) if c != "hydra.launcher.progress=off"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "hexsweep: 1 of 2 jobs failed: 0 (fault.raise_at_epoch=1): failed: InjectedFault" in out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
+    assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
+    assert str(df.loc[1, "slot"]).startswith("cpu-")
+    expected_threads = max(1, os.cpu_count() // 2) if launcher == "joblib" else os.cpu_count()
+    assert df.loc[1, "num_threads"] == expected_threads

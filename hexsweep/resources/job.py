@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ class JobResources:
     threads: int
     waited_s: float
     sampler: ResourceSampler
+    acquired_at: float | None = None  # epoch seconds when the slot was taken
 
 
 def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
@@ -55,6 +57,7 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
     use_slots = cfg.resources.slots == "on" or (cfg.resources.slots == "auto" and in_sweep)
     slot: Slot | None = None
     waited = 0.0
+    acquired_at = None
     if use_slots:
         pool = make_pool(cfg, parallel)
 
@@ -63,6 +66,7 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
                         pool.lock_dir, waited_s)
 
         slot = pool.acquire(cfg.resources.wait_timeout_s, on_wait=notice)
+        acquired_at = time.time()
         slot.describe({**describe, "job_dir": str(job_dir)})
     try:
         device = cfg.device
@@ -75,7 +79,7 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
         waited += admission.wait_for_memory(need, gpu_index, cfg.resources.wait_timeout_s)
         with ResourceSampler(job_dir / "resources.jsonl", cfg.resources.sample_interval_s,
                              gpu_index) as sampler:
-            yield JobResources(slot, device, threads, waited, sampler)
+            yield JobResources(slot, device, threads, waited, sampler, acquired_at)
     finally:
         if slot is not None:
             slot.release()

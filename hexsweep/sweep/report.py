@@ -29,14 +29,18 @@ def add_group(df: pd.DataFrame) -> pd.DataFrame:
         return df
     varying = varying_overrides(df)
 
-    def label(row: pd.Series, skip_seed: bool) -> str:
-        parts = [f"{c[3:]}={row[c]}" for c in varying
-                 if not (skip_seed and c == "ov.seed") and row[c] is not None and not pd.isna(row[c])]
-        experiment = row.get("experiment")
-        return " ".join(parts) or (str(experiment) if isinstance(experiment, str) else f"job {row.get('job_num')}")
+    def labels(columns: list[str]) -> pd.Series:
+        parts = [(c[3:] + "=" + df[c].astype(str)).where(df[c].notna(), "") for c in columns]
+        if not parts:
+            return pd.Series([""] * len(df), index=df.index)
+        joined = parts[0].str.cat(parts[1:], sep=" ") if len(parts) > 1 else parts[0]
+        return joined.str.split().str.join(" ")
 
-    df["label"] = df.apply(label, axis=1, skip_seed=False)
-    df["group"] = df.apply(label, axis=1, skip_seed=True)
+    fallback = df["experiment"].where(df["experiment"].notna(), "job " + df["job_num"].astype(str)) \
+        if "experiment" in df else "job " + df["job_num"].astype(str)
+    label, group = labels(varying), labels([c for c in varying if c != "ov.seed"])
+    df["label"] = label.where(label != "", fallback)
+    df["group"] = group.where(group != "", fallback)
     return df
 
 
@@ -172,7 +176,11 @@ TABLE_COLUMNS = ["job_num", "experiment", "label", "status", "objective", "best_
                  "best_val_policy_acc", "best_val_value_loss", "wall_time_s", "peak_rss_mb", "error"]
 
 
+MAX_TABLE_ROWS = 200  # the report lists the best jobs; results.csv has them all
+
+
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.head(MAX_TABLE_ROWS)
     cols = [c for c in TABLE_COLUMNS if c in df]
     if "host" in df and df["host"].nunique() > 1:
         cols.insert(1, "host")
@@ -232,7 +240,8 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
         lines += [f"- job {f['job_num']} `{f['label']}`: **{f['status']}** {f['error'] or ''}"
                   for f in s["failed"]]
         lines.append("")
-    lines += ["## All jobs", "", md_table(_fmt(df)), ""]
+    title = "All jobs" if len(df) <= MAX_TABLE_ROWS else f"Best {MAX_TABLE_ROWS} of {len(df)} jobs (all in results.csv)"
+    lines += [f"## {title}", "", md_table(_fmt(df)), ""]
     captions = {"curves.png": f"{curve_metric} per epoch, every job"
                 + (f" (best {max_curves} shown)" if len(df) > max_curves else ""),
                 "by_experiment.png": "objective per experiment: mean, spread across seeds",
@@ -264,4 +273,5 @@ def to_html(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool]) -> str:
             f"<h1>Sweep report</h1><p>{html.escape(', '.join(s['sweeps']))}</p>"
             f"<p><b>{s['total']} jobs</b>: {html.escape(counts)}; objective "
             f"<code>{html.escape(str(s['objective_metric']))}</code> ({s['direction']})</p>{best_line}"
-            f"{imgs}<h2>All jobs</h2>{_fmt(df).to_html(index=False, escape=True)}</body></html>\n")
+            f"{imgs}<h2>Jobs (best {MAX_TABLE_ROWS} at most; all in results.csv)</h2>"
+            f"{_fmt(df).to_html(index=False, escape=True)}</body></html>\n")
