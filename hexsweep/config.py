@@ -124,6 +124,24 @@ class FaultConfig:
 
 
 @dataclass
+class TrialLinkConfig:
+    """Set by the Optuna sweeper on each trial's job: which trial to report to and how to prune.
+
+    The storage normally reaches the job through the sweeper's environment, so a database
+    password never lands in a job folder's config files.
+    """
+
+    study_name: str | None = None
+    trial_number: int | None = None
+    storage: str | None = None
+    pruner: str = "none"  # none | median | percentile | successive_halving | hyperband
+    n_startup_trials: int = 2  # median/percentile: trials that finish before pruning starts
+    n_warmup_steps: int = 1  # median/percentile: epochs before a trial can be pruned
+    percentile: float = 25.0
+    min_resource: int = 1  # successive_halving/hyperband
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -135,6 +153,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    optuna: TrialLinkConfig = field(default_factory=TrialLinkConfig)
     experiment_name: str = "default"
     batch_size: int = 512
     seed: int = 0
@@ -159,6 +178,7 @@ METRICS = (
 )
 METRIC_NAMES = tuple(f"{split}_{m}" for split in ("train", "val") for m in METRICS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -224,5 +244,6 @@ def validate(cfg: Any) -> None:
     if cfg.resources.cpu_slots is not None:
         _check(cfg.resources.cpu_slots > 0, "resources.cpu_slots", cfg.resources.cpu_slots,
                "an integer > 0 or null")
+    _check(cfg.optuna.pruner in PRUNERS, "optuna.pruner", cfg.optuna.pruner, ", ".join(PRUNERS))
     if cfg.num_threads is not None:
         _check(cfg.num_threads > 0, "num_threads", cfg.num_threads, "an integer > 0 or null")

@@ -37,6 +37,7 @@ from hexsweep.jobfolder import JobFolder, job_key, read_result
 from hexsweep.model import HexNet, NetConfig, count_parameters
 from hexsweep.resources.admission import job_signature
 from hexsweep.resources.job import job_resources, parallel_jobs
+from hexsweep.search.pruning import trial_hook
 from hexsweep.sweep.naming import register_resolvers
 from hexsweep.trainer import EpochHook, evaluate, train
 
@@ -83,6 +84,8 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
     plain = OmegaConf.to_container(cfg, resolve=True)
     record["config"] = plain
     record["signature"] = job_signature(cfg)
+    if cfg.optuna.storage:
+        _redact_storage(record)
     validate(cfg)
     in_sweep = bool(info.get("multirun"))
     describe = {"experiment": cfg.experiment_name, "overrides": info.get("overrides", [])}
@@ -106,7 +109,10 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
             "model": {"name": cfg.model.name, "parameters": count_parameters(model)},
         })
         faults.before_training(cfg, model)
-        hook = faults.fault_hook(cfg, on_epoch_end)
+        pruning_hook, trial_info = trial_hook(cfg)
+        if trial_info:
+            record["optuna"] = trial_info
+        hook = faults.fault_hook(cfg, on_epoch_end or pruning_hook)
         outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook)
         if outcome.history:
             final = outcome.history[-1]
@@ -123,6 +129,7 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
             "best_epoch": outcome.best_epoch, "best": best, "final": final,
             "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,
             "restored_best": outcome.restored_best,
+            "pruned_at_epoch": len(outcome.history) if outcome.stopped_by_hook else None,
         })
         if not math.isfinite(value) and outcome.history:
             raise NonFiniteObjective(f"objective {metric} is {value} in every epoch (training diverged)")
@@ -141,6 +148,14 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
         })
     folder.finish(record)
     return record
+
+
+def _redact_storage(record: dict[str, Any]) -> None:
+    """A storage URL's password never reaches result.json."""
+    from hexsweep.search.storage import redact
+
+    record["config"]["optuna"]["storage"] = redact(record["config"]["optuna"]["storage"])
+    record["overrides"] = [redact(o) if o.startswith("optuna.storage=") else o for o in record.get("overrides", [])]
 
 
 def classify_failure(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ post-sweep callback. Here:
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import logging
 import math
@@ -57,8 +58,6 @@ from hexsweep.resources.job import PARALLEL_ENV
 from hexsweep.sweep.progress import SweepProgress
 
 log = logging.getLogger(__name__)
-# Job configs composed and validated by the hexsweep_basic sweeper, keyed by their overrides.
-PREPARED: dict[tuple[str, ...], DictConfig] = {}
 JOB_PROCESS_ENV = "HEXSWEEP_JOB_PROCESS"
 PR_SET_PDEATHSIG = 1
 
@@ -135,9 +134,7 @@ class JobRunner:
                                       enabled)
 
     def job_config(self, overrides: Sequence[str], num: int) -> DictConfig:
-        cfg = PREPARED.pop(tuple(overrides), None)
-        if cfg is None:
-            cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
             cfg.hydra.job.num = num
@@ -256,21 +253,6 @@ def validate_all(runner: JobRunner, job_overrides: Sequence[Sequence[str]], firs
     return configs
 
 
-def prepare_batch(config_loader: Any, master: DictConfig, batch: Sequence[Sequence[str]]) -> None:
-    """Compose and validate a batch once, for the launcher to reuse (see hexsweep_basic)."""
-    common = common_overrides(batch)
-    for i, overrides in enumerate(batch):
-        label = job_label(overrides, common)
-        try:
-            cfg = config_loader.load_sweep_config(master, list(overrides))
-            validate(cfg)
-        except HexsweepError as e:
-            fail(f"job {i} ({label}): {e}")
-        except (HydraException, OmegaConfBaseException) as e:
-            fail(f"job {i} ({label}): {first_line(str(e))}")
-        PREPARED[tuple(overrides)] = cfg
-
-
 def write_manifest(sweep_dir: Path, configs: list[DictConfig], n_jobs: int) -> None:
     """``sweep.json``: the planned jobs, so the report can list jobs that never started."""
     import json
@@ -286,6 +268,29 @@ def write_manifest(sweep_dir: Path, configs: list[DictConfig], n_jobs: int) -> N
             "experiment": cfg.get("experiment_name")}
     manifest.update({"n_jobs": n_jobs, "command": sys.argv, "total": len(manifest["jobs"])})
     atomic_write_json(path, manifest)
+
+
+def memoize_sweep_configs(config_loader: Any) -> None:
+    """Compose each job's config once per sweep.
+
+    Hydra's BasicSweeper composes every job to validate it, then hands the overrides to the
+    launcher, which must compose them again (~0.15 s a job, before the first job starts).
+    The sweeper and the launcher share one config loader, so caching its
+    ``load_sweep_config`` on that object (not on the class) removes the second pass.
+    """
+    if getattr(config_loader, "_hexsweep_memo", None) is not None:
+        return
+    original = config_loader.load_sweep_config
+    memo: dict[tuple[str, ...], DictConfig] = {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = tuple(sweep_overrides)
+        if key not in memo:
+            memo[key] = original(master_config, list(sweep_overrides))
+        return copy.deepcopy(memo[key])
+
+    config_loader.load_sweep_config = load_sweep_config
+    config_loader._hexsweep_memo = memo
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:

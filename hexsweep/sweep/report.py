@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ def varying_overrides(df: pd.DataFrame) -> list[str]:
     return [c for c in cols if df[c].astype(str).nunique(dropna=False) > 1]
 
 
+def _short(value: Any) -> str:
+    """Sampled floats such as 0.0013704648392849023 read as 0.00137 in labels."""
+    text = str(value)
+    if "." in text and len(text) > 8:
+        try:
+            return f"{float(text):.3g}"
+        except ValueError:
+            pass
+    return text
+
+
 def add_group(df: pd.DataFrame) -> pd.DataFrame:
     """``label``: the job's varying overrides; ``group``: the label without the seed, so that
     repeated seeds of one configuration pool into one group."""
@@ -30,7 +42,7 @@ def add_group(df: pd.DataFrame) -> pd.DataFrame:
     varying = varying_overrides(df)
 
     def labels(columns: list[str]) -> pd.Series:
-        parts = [(c[3:] + "=" + df[c].astype(str)).where(df[c].notna(), "") for c in columns]
+        parts = [(c[3:] + "=" + df[c].map(_short)).where(df[c].notna(), "") for c in columns]
         if not parts:
             return pd.Series([""] * len(df), index=df.index)
         joined = parts[0].str.cat(parts[1:], sep=" ") if len(parts) > 1 else parts[0]
@@ -138,8 +150,8 @@ def plot_groups(ok: pd.DataFrame, metric: str, out: Path) -> bool:
     for i, group in enumerate(stats.index):
         pts = ok.loc[ok["group"] == group, "objective"]
         ax.scatter(pts, [i] * len(pts), color="k", s=10, zorder=3)
-    ax.set_yticks(list(y), [f"{g} (n={c})" for g, c in zip(stats.index, stats["count"], strict=True)],
-                  fontsize=8)
+    ax.set_yticks(list(y), [textwrap.shorten(f"{g} (n={c})", 70) for g, c in
+                            zip(stats.index, stats["count"], strict=True)], fontsize=8)
     lo, hi = float(ok["objective"].min()), float(ok["objective"].max())
     if lo > 0:  # bars from zero would hide the differences that matter
         ax.set_xlim(left=max(0.0, lo - 0.6 * max(hi - lo, 0.05 * hi)))
@@ -202,6 +214,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
     atomic_write(out_dir / "results.csv", lambda f: df.to_csv(f, index=False))
     atomic_write(out_dir / "results.parquet", lambda f: df.to_parquet(f, index=False), mode="wb")
     summary = summarise(df, sweep_dirs, direction)
+    summary["out_dir"] = str(out_dir)
     atomic_write_json(out_dir / "summary.json", summary)
     metric = summary["objective_metric"] or "val_objective"
     curve_metric = metric if str(metric).startswith("val_") else "val_objective"
@@ -242,6 +255,11 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
         lines.append("")
     title = "All jobs" if len(df) <= MAX_TABLE_ROWS else f"Best {MAX_TABLE_ROWS} of {len(df)} jobs (all in results.csv)"
     lines += [f"## {title}", "", md_table(_fmt(df)), ""]
+    study = out_dir_of(s) / "study.md"
+    if study.exists():  # an Optuna sweep: the study's best trial and Optuna's own plots
+        lines += ["## Optuna study", "", study.read_text().split("\n", 2)[-1].strip(), ""]
+        lines += [f"![{p.stem}]({p.name})" for p in sorted(out_dir_of(s).glob("optuna_*.png"))]
+        lines.append("")
     captions = {"curves.png": f"{curve_metric} per epoch, every job"
                 + (f" (best {max_curves} shown)" if len(df) > max_curves else ""),
                 "by_experiment.png": "objective per experiment: mean, spread across seeds",
@@ -249,6 +267,10 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
     lines += ["## Plots", ""]
     lines += [f"![{captions[name]}]({name})" for name, made in plots.items() if made]
     return "\n".join(lines) + "\n"
+
+
+def out_dir_of(summary: dict[str, Any]) -> Path:
+    return Path(summary.get("out_dir") or ".")
 
 
 def md_table(df: pd.DataFrame) -> str:

@@ -1,0 +1,1 @@
+"""Optuna searches: the search-space grammar, the sweeper's core, the job-side pruning hook."""

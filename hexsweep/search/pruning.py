@@ -1,0 +1,60 @@
+"""The job side of an Optuna trial: report the objective each epoch, stop when the pruner says.
+
+The pruner is not stored with the study, so the job rebuilds it from ``cfg.optuna``
+(the sweeper passes its pruner settings there); the trial is reached through the storage
+with ``optuna.trial.Trial(study, trial_id)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import optuna
+
+from hexsweep.search.storage import STORAGE_ENV, open_storage
+from hexsweep.trainer import EpochHook
+
+
+def build_pruner(link: Any, max_epochs: int) -> optuna.pruners.BasePruner:
+    name = link.pruner
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=link.n_startup_trials,
+                                           n_warmup_steps=link.n_warmup_steps)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(link.percentile, n_startup_trials=link.n_startup_trials,
+                                               n_warmup_steps=link.n_warmup_steps)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=link.min_resource)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=link.min_resource, max_resource=max(1, max_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def trial_hook(cfg: Any) -> tuple[EpochHook | None, dict[str, Any] | None]:
+    """(hook, link info for result.json), or (None, None) when the job is not a trial."""
+    link = cfg.optuna
+    if link.trial_number is None or link.study_name is None:
+        return None, None
+    spec = link.storage or os.environ.get(STORAGE_ENV)
+    info = {"study_name": link.study_name, "trial_number": int(link.trial_number)}
+    if not spec:
+        return None, info
+    storage = open_storage(spec)
+    study = optuna.load_study(study_name=link.study_name, storage=storage,
+                              pruner=build_pruner(link, cfg.trainer.epochs))
+    study_id = storage.get_study_id_from_name(link.study_name)
+    trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.trial_number))
+    if len(study.directions) > 1:
+        return None, info  # Optuna cannot report or prune multi-objective trials
+    metric = cfg.objective.metric
+
+    def hook(epoch: int, metrics: dict[str, float], model: Any) -> bool:
+        value = metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            return False
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    return hook, info

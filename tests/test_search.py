@@ -1,0 +1,169 @@
+"""Optuna searches through the hexsweep_optuna sweeper: real sweeps on tiny data."""
+
+import json
+import multiprocessing
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from sweep_helpers import sweep_cmd, sweep_dirs
+
+from hexsweep.errors import ConfigError
+from hexsweep.search.space import parse_params
+from hexsweep.search.storage import open_storage, redact
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data(data_root, tiny_dataset):
+    return data_root
+
+
+def search(tmp_path, data, *overrides, study="s", timeout=400):
+    cmd = sweep_cmd(tmp_path, data, "hydra/sweeper=hexsweep_optuna", f"hydra.sweeper.study_name={study}",
+                    "hydra.sweeper.n_jobs=2", "trainer.epochs=3", *overrides)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def load(tmp_path, study="s"):
+    return optuna.load_study(study_name=study, storage=open_storage(str(tmp_path / "optuna/studies.journal")))
+
+
+def test_grammar_of_the_official_plugin():
+    space, fixed = parse_params({
+        "x": "range(-5.5, 5.5, step=0.5)", "y": "choice(-5, 0, 5)", "lr": "tag(log, interval(1e-5, 1e-1))",
+        "n": "int(interval(1, 8))", "b": "range(1, 5)", "opt": "choice(adam, sgd)", "z": "interval(0, 1)",
+        "fixed": "3"})
+    assert space["x"] == FloatDistribution(-5.5, 5.5, step=0.5)
+    assert space["y"] == CategoricalDistribution([-5, 0, 5])
+    assert space["lr"] == FloatDistribution(1e-5, 1e-1, log=True)
+    assert space["n"] == IntDistribution(1, 8)
+    assert space["b"] == IntDistribution(1, 4)  # range() excludes its stop, as in Hydra's basic sweeper
+    assert space["opt"] == CategoricalDistribution(["adam", "sgd"])
+    assert space["z"] == FloatDistribution(0.0, 1.0)
+    assert fixed == ["fixed=3"]
+    with pytest.raises(ConfigError, match="hydra.sweeper.params.bad"):
+        parse_params({"bad": "choice("})
+
+
+def test_tpe_search_runs_two_at_a_time_links_trials_and_reports(tmp_path, data):
+    out = search(tmp_path, data, "hydra.sweeper.n_trials=5", "optim.lr=tag(log,interval(1e-4,1e-2))",
+                 "batch_size=choice(128,256)", "hydra.sweeper.sampler.seed=0")
+    assert out.returncode == 0, out.stderr
+    study = load(tmp_path)
+    assert len(study.trials) == 5 and {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    sweep = sweep_dirs(tmp_path)[0]
+    for t in study.trials:  # linked both ways
+        result = json.loads((sweep / str(t.number) / "result.json").read_text())
+        assert t.user_attrs["job_dir"] == str(sweep / str(t.number))
+        assert result["optuna"] == {"study_name": "s", "trial_number": t.number}
+        assert f"batch_size={t.params['batch_size']}" in t.user_attrs["overrides"]
+        assert result["config"]["batch_size"] == t.params["batch_size"]
+    seeds = {json.loads((sweep / str(t.number) / "result.json").read_text())["config"]["seed"] for t in study.trials}
+    assert len(seeds) == 5
+    report = (sweep / "report.md").read_text()
+    assert "## Optuna study" in report and f"Best trial {study.best_trial.number}" in report
+    assert (sweep / "optuna_history.png").stat().st_size > 1000
+    assert len(pd.read_csv(sweep / "results.csv")) == 5
+    journal = str(tmp_path / "optuna/studies.journal")
+    cli = subprocess.run(["optuna", "trials", "--study-name", "s", "--storage", journal,
+                          "--storage-class", "JournalFileBackend", "-f", "json"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert len(json.loads(cli.stdout)) == 5
+    best = subprocess.run([sys.executable, "-m", "hexsweep.study", "--storage", journal, "best", "--study", "s"],
+                          capture_output=True, text=True)
+    assert f"best trial {study.best_trial.number}" in best.stdout
+    assert "Reproduce: `python -m hexsweep.train" in best.stdout
+
+
+def test_failures_are_trials_not_crashes_and_pruning_prunes(tmp_path, data):
+    out = search(tmp_path, data, "hydra/sweeper/sampler=grid", "hydra.sweeper.max_failure_rate=0.9",
+                 "fault.raise_at_epoch=choice(2,99)",
+                 "fault.nan_at_epoch=choice(1,99)", "hydra.sweeper.n_trials=4")
+    assert out.returncode == 0, out.stderr
+    by_params = {(t.params["fault.raise_at_epoch"], t.params["fault.nan_at_epoch"]): t for t in load(tmp_path).trials}
+    assert by_params[(99, 99)].state == TrialState.COMPLETE
+    raised = by_params[(2, 99)]
+    assert raised.state == TrialState.FAIL and "InjectedFault" in raised.user_attrs["fail_reason"]
+    nan = by_params[(99, 1)]
+    assert nan.state == TrialState.FAIL and "NonFiniteObjective" in nan.user_attrs["fail_reason"]
+    # a search built to prune: one good learning rate, then hopeless ones, median pruner
+    out = search(tmp_path, data, "hydra/sweeper/sampler=grid", "trainer.epochs=5", "hydra.sweeper.n_jobs=1",
+                 "optim.lr=choice(3e-3,1e-7,2e-7,3e-7)", "hydra.sweeper.n_trials=4",
+                 "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                 "hydra.sweeper.pruner.n_warmup_steps=1", study="p")
+    assert out.returncode == 0, out.stderr
+    pruned = [t for t in load(tmp_path, "p").trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.state for t in load(tmp_path, "p").trials]
+    job = json.loads((__import__("pathlib").Path(pruned[0].user_attrs["job_dir"]) / "result.json").read_text())
+    assert job["status"] == "pruned" and job["pruned_at_epoch"] == pruned[0].user_attrs["pruned_at_epoch"] < 5
+
+
+def test_too_many_failures_stop_the_sweep_with_a_message(tmp_path, data):
+    out = search(tmp_path, data, "fault.raise_at_epoch=1", "hydra.sweeper.n_trials=6",
+                 "seed=range(0,6)")
+    assert out.returncode == 1
+    assert "trials failed (> max_failure_rate=0.5); sweep stopped" in out.stderr
+    assert len(load(tmp_path).trials) < 6
+
+
+def test_resume_continues_numbering_and_counts_the_total(tmp_path, data):
+    args = ["hydra.sweeper.n_trials=3", "optim.lr=tag(log,interval(1e-4,1e-2))"]
+    assert search(tmp_path, data, *args).returncode == 0
+    again = search(tmp_path, data, *args)
+    assert again.returncode == 2 and "already has 3 trials" in again.stderr and "resume=true" in again.stderr
+    more = search(tmp_path, data, "hydra.sweeper.n_trials=5", args[1], "resume=true")
+    assert more.returncode == 0, more.stderr
+    study = load(tmp_path)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    newest = sweep_dirs(tmp_path)[-1]
+    assert sorted(p.name for p in newest.iterdir() if p.is_dir()) == ["3", "4"]
+    seeds = [json.loads((__import__("pathlib").Path(t.user_attrs["job_dir"]) / "result.json").read_text())
+             ["config"]["seed"] for t in study.trials]
+    assert len(set(seeds)) == 5
+
+
+def test_multi_objective_search(tmp_path, data):
+    out = search(tmp_path, data, "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=[maximize,minimize]",
+                 "hydra.sweeper.metrics=[val_policy_acc,val_value_loss]", "hydra/sweeper/sampler=nsgaii",
+                 "optim.lr=tag(log,interval(1e-4,1e-2))")
+    assert out.returncode == 0, out.stderr
+    study = load(tmp_path)
+    assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.trials)
+    assert study.best_trials
+    sweep = sweep_dirs(tmp_path)[0]
+    r = json.loads((sweep / "0" / "result.json").read_text())
+    assert study.trials[0].values == [r["best"]["val_policy_acc"], r["best"]["val_value_loss"]]
+
+
+def _writer(args):
+    path, worker = args
+    study = optuna.load_study(study_name="w", storage=open_storage(path))
+    for _ in range(10):
+        trial = study.ask()
+        x = trial.suggest_float("x", -1, 1)
+        for step in range(3):
+            trial.report(x * step, step)
+        study.tell(trial, x * x)
+    return worker
+
+
+def test_eight_concurrent_writers_share_the_default_storage(tmp_path):
+    path = str(tmp_path / "studies.journal")
+    optuna.create_study(study_name="w", storage=open_storage(path))
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        assert sorted(pool.map(_writer, [(path, i) for i in range(8)])) == list(range(8))
+    study = optuna.load_study(study_name="w", storage=open_storage(path))
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == 80 and sorted(numbers) == list(range(80))
+    assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in study.trials)
+
+
+def test_passwords_never_show():
+    assert redact("postgresql://bob:s3cret@db.example/hex") == "postgresql://bob:***@db.example/hex"
+    assert redact("sqlite:///x.db") == "sqlite:///x.db"
