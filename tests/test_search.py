@@ -167,3 +167,39 @@ def test_eight_concurrent_writers_share_the_default_storage(tmp_path):
 def test_passwords_never_show():
     assert redact("postgresql://bob:s3cret@db.example/hex") == "postgresql://bob:***@db.example/hex"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_trials_orphaned_by_a_dead_driver_are_failed_on_the_next_run(tmp_path, data):
+    storage = open_storage(str(tmp_path / "optuna/studies.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    orphan = study.ask()
+    job = tmp_path / "old" / "0"
+    job.mkdir(parents=True)
+    (job / "result.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 7,
+                                                 "host": __import__("socket").gethostname()}))
+    orphan.set_user_attr("job_dir", str(job))
+    out = search(tmp_path, data, "hydra.sweeper.n_trials=2", "resume=true",
+                 "optim.lr=tag(log,interval(1e-4,1e-2))")
+    assert out.returncode == 0, out.stderr
+    trials = load(tmp_path).trials
+    assert trials[0].state == TrialState.FAIL and "orphaned" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED) and len(trials) == 2
+
+
+def test_configurations_that_ran_out_of_memory_are_not_proposed_again(tmp_path):
+    from hexsweep.search.sweeper import OptunaSearch
+
+    study = optuna.create_study()
+    dist = {"batch_size": CategoricalDistribution([256, 512, 1024]),
+            "model.channels": CategoricalDistribution([32, 64])}
+    oom = study.ask(dist)
+    while oom.params != {"batch_size": 512, "model.channels": 64}:
+        study.tell(oom, state=TrialState.FAIL)
+        oom = study.ask(dist)
+    oom.set_user_attr("fail_status", "oom")
+    study.tell(oom, state=TrialState.FAIL)
+    blocked = OptunaSearch({})._oom_blocked
+    assert blocked(study, {"batch_size": 512, "model.channels": 64}) == oom.number
+    assert blocked(study, {"batch_size": 1024, "model.channels": 64}) == oom.number  # larger batch: also out
+    assert blocked(study, {"batch_size": 256, "model.channels": 64}) is None
+    assert blocked(study, {"batch_size": 1024, "model.channels": 32}) is None
