@@ -54,5 +54,15 @@ def run_cli(fn: Callable[[], Any]) -> Any:
 
 
 def first_line(message: str) -> str:
+    """Hydra's multi-line errors as one line; a missing group option lists the allowed ones."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    return " ".join(lines[:3]) if lines else message
+    if not lines:
+        return message
+    if len(lines) > 1 and lines[1].startswith("Available options in"):
+        options = []
+        for ln in lines[2:]:
+            if ln.startswith("Config search path"):
+                break
+            options.append(ln)
+        return f"{lines[0]}: allowed {', '.join(options)}"
+    return " ".join(lines[:3])

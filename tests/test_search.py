@@ -79,6 +79,14 @@ def test_tpe_search_runs_two_at_a_time_links_trials_and_reports(tmp_path, data):
                           capture_output=True, text=True)
     assert f"best trial {study.best_trial.number}" in best.stdout
     assert "Reproduce: `python -m hexsweep.train" in best.stdout
+    for command in (["importance"], ["plot", "--out", str(tmp_path / "plots")]):
+        done = subprocess.run([sys.executable, "-m", "hexsweep.study", "--storage", journal, command[0], "--study", "s",
+                               *command[1:]], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert "optim.lr" in subprocess.run(
+        [sys.executable, "-m", "hexsweep.study", "--storage", journal, "importance", "--study", "s"],
+        capture_output=True, text=True).stdout
+    assert (tmp_path / "plots" / "optuna_history.png").exists() and (tmp_path / "plots" / "optuna_slice.png").exists()
 
 
 def test_failures_are_trials_not_crashes_and_pruning_prunes(tmp_path, data):
@@ -162,6 +170,20 @@ def test_eight_concurrent_writers_share_the_default_storage(tmp_path):
     numbers = [t.number for t in study.trials]
     assert len(numbers) == 80 and sorted(numbers) == list(range(80))
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in study.trials)
+
+
+def test_any_rdb_url_works_and_optunas_cli_reads_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="r", storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    cli = subprocess.run(["optuna", "trials", "--study-name", "r", "--storage", url, "-f", "json"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0 and len(json.loads(cli.stdout)) == 3
+    listed = subprocess.run([sys.executable, "-m", "hexsweep.study", "--storage", url, "list"],
+                            capture_output=True, text=True)
+    assert listed.stdout.startswith("r: 3 trials, minimize")
+    with pytest.raises(ConfigError, match=r"postgresql://bob:\*\*\*@127.0.0.1:1/none cannot be opened"):
+        open_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
 
 
 def test_passwords_never_show():

@@ -153,7 +153,9 @@ def test_unknown_experiment_and_wrong_type_are_errors():
 
 @pytest.mark.parametrize("args, expected", [
     (["batch_size=0"], "hexsweep: error: batch_size=0 is invalid: allowed an integer > 0"),
-    (["experiment=nope"], "hexsweep: error: In 'train': Could not find 'experiment/nope'"),
+    (["experiment=nope"], "hexsweep: error: In 'train': Could not find 'experiment/nope': allowed balanced_high_lr, "
+                          "balanced_high_weight_decay, balanced_no_dropout, balanced_weights, policy_heavy, "
+                          "policy_intermediate"),
 ])
 def test_cli_user_errors_are_one_line(args, expected, tmp_path):
     out = subprocess.run([sys.executable, "-m", "hexsweep.train", *args, f"paths.outputs={tmp_path}"],
