@@ -186,6 +186,33 @@ def test_any_rdb_url_works_and_optunas_cli_reads_it(tmp_path):
         open_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
 
 
+def test_optuna_dashboard_reads_the_default_storage(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    journal = str(tmp_path / "studies.journal")
+    optuna.create_study(study_name="dash", storage=open_storage(journal)).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["optuna-dashboard", journal, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert body is not None and json.loads(body)["study_summaries"][0]["study_name"] == "dash"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def test_passwords_never_show():
     assert redact("postgresql://bob:s3cret@db.example/hex") == "postgresql://bob:***@db.example/hex"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
