@@ -118,11 +118,12 @@ def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, ou
     if not curves:
         return False
     labels = df.set_index("job_dir")
+    drawn = {job_dir: pts for job_dir, rows in curves.items()
+             if (pts := [(r["epoch"], r.get(metric)) for r in rows if r.get(metric) is not None])}
+    if not drawn:
+        return False
     fig, ax = plt.subplots(figsize=(8, 5))
-    for job_dir, rows in curves.items():
-        pts = [(r["epoch"], r.get(metric)) for r in rows if r.get(metric) is not None]
-        if not pts:
-            continue
+    for job_dir, pts in drawn.items():
         row = labels.loc[job_dir]
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3,
                 label=f"{row.get('job_num')}: {row.get('label')}")
