@@ -142,6 +142,18 @@ class TrialLinkConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """``python -m hexsweep.probe``: batch-size limits and GPU packing, measured."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096, 8192])
+    parallel: list[int] = field(default_factory=lambda: [1])
+    warmup_steps: int = 3
+    steps: int = 20
+    parallel_batch_size: int | None = None  # None: the batch size with the best throughput
+    out: str | None = None  # None: <outputs>/probe/<date>_<time>
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +166,7 @@ class TrainConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     optuna: TrialLinkConfig = field(default_factory=TrialLinkConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     experiment_name: str = "default"
     batch_size: int = 512
     seed: int = 0

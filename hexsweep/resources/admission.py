@@ -59,11 +59,29 @@ def learned_need(sweep_dir: Path, signature: dict[str, Any]) -> Need | None:
                 f"learned from {seen} finished job(s) of this sweep")
 
 
-def required(cfg: Any, sweep_dir: Path | None, signature: dict[str, Any]) -> Need | None:
+def probed_need(outputs: Path, signature: dict[str, Any], on_gpu: bool) -> Need | None:
+    """The peak that ``python -m hexsweep.probe`` measured for this model and batch size."""
+    try:
+        probe = json.loads((outputs / "probe" / "latest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    shape = {k: v for k, v in signature.items() if k != "batch_size"}
+    if probe.get("signature") != shape or probe.get("device", "").startswith("cuda") != on_gpu:
+        return None
+    for row in probe.get("batch_sizes", []):
+        if row.get("batch_size") == signature["batch_size"] and row.get("status") == "ok":
+            peak = row["peak_mem_mb"] * MARGIN
+            return Need(None, peak, "from the probe") if on_gpu else Need(peak, None, "from the probe")
+    return None
+
+
+def required(cfg: Any, sweep_dir: Path | None, signature: dict[str, Any], on_gpu: bool = False) -> Need | None:
+    """Configured, else learned from finished jobs of this sweep, else from the last probe."""
     res = cfg.resources
     if res.ram_mb is not None or res.gpu_mem_mb is not None:
         return Need(res.ram_mb, res.gpu_mem_mb, "configured")
-    return learned_need(sweep_dir, signature) if sweep_dir is not None else None
+    learned = learned_need(sweep_dir, signature) if sweep_dir is not None else None
+    return learned or probed_need(Path(cfg.paths.outputs), signature, on_gpu)
 
 
 def shortfall(need: Need, gpu_index: int | None) -> str | None:

@@ -75,7 +75,7 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
         threads = slot.threads if slot is not None else usable_cores()
         gpu_index = slot.index if slot is not None and slot.kind == "gpu" else None
         need = admission.required(cfg, job_dir.parent if in_sweep else None,
-                                  admission.job_signature(cfg))
+                                  admission.job_signature(cfg), on_gpu=gpu_index is not None)
         waited += admission.wait_for_memory(need, gpu_index, cfg.resources.wait_timeout_s)
         with ResourceSampler(job_dir / "resources.jsonl", cfg.resources.sample_interval_s,
                              gpu_index) as sampler:
