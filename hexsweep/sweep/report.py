@@ -112,6 +112,16 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def save_png(fig: Any, out: Path) -> bool:
+    """Lay out, write atomically, free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    plt.close(fig)
+    return True
+
+
 def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, out: Path) -> bool:
     import matplotlib.pyplot as plt
 
@@ -133,10 +143,7 @@ def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, ou
     if len(curves) <= 20:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
-    plt.close(fig)
-    return True
+    return save_png(fig, out)
 
 
 def plot_groups(ok: pd.DataFrame, metric: str, out: Path) -> bool:
@@ -159,10 +166,7 @@ def plot_groups(ok: pd.DataFrame, metric: str, out: Path) -> bool:
     ax.set_xlabel(f"{metric} (mean, bars: std across seeds, dots: jobs)")
     ax.set_title("final objective per experiment")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
-    plt.close(fig)
-    return True
+    return save_png(fig, out)
 
 
 def plot_tradeoff(ok: pd.DataFrame, out: Path) -> bool:
@@ -179,10 +183,7 @@ def plot_tradeoff(ok: pd.DataFrame, out: Path) -> bool:
     ax.set_title("policy accuracy vs value loss")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
-    plt.close(fig)
-    return True
+    return save_png(fig, out)
 
 
 TABLE_COLUMNS = ["job_num", "experiment", "label", "status", "objective", "best_epoch", "epochs_run",
