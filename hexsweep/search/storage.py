@@ -12,7 +12,9 @@ path to a ``.journal`` file. Passwords in URLs are never printed: ``redact`` mas
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from pathlib import Path
 
 import optuna
@@ -49,10 +51,17 @@ def open_storage(spec: str, heartbeat_interval: int | None = None, grace_period:
             kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
             if retry_failed:
                 kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=retry_failed)
-        try:
-            return RDBStorage(spec, **kwargs)
-        except Exception as e:  # SQLAlchemy and drivers raise many types; the message matters
-            raise ConfigError(f"storage {redact(spec)} cannot be opened: {str(e).splitlines()[0]}") from None
+        for attempt in range(4):
+            try:
+                return RDBStorage(spec, **kwargs)
+            except Exception as e:  # SQLAlchemy and drivers raise many types; the message matters
+                # Optuna creates its tables on first use, and two drivers starting together on an
+                # empty database race on it (a unique-key violation): the loser retries
+                racing = "UniqueViolation" in str(e) or "already exists" in str(e)
+                if not racing or attempt == 3:
+                    raise ConfigError(f"storage {redact(spec)} cannot be opened: {str(e).splitlines()[0]}") from None
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
     path = Path(spec).expanduser()
     if path.suffix != ".journal":
         raise ConfigError(f"storage {spec!r} is invalid: allowed an RDB URL (sqlite:///..., postgresql://...) "

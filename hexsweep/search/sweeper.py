@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,7 @@ class OptunaSearch:
 
     def _fail_orphans(self, study: optuna.Study, storage: Any) -> None:
         """Trials a dead driver left RUNNING become FAIL (and are re-queued with retry_failed)."""
-        if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
+        if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
             optuna.storages.fail_stale_trials(study)
         study_id = storage.get_study_id_from_name(study.study_name)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -243,13 +242,19 @@ class OptunaSearch:
             warm_imports()
             running: dict[Future, tuple[optuna.Trial, Path]] = {}
             started = 0
-            heartbeat = _Heartbeat(storage, running)
+            heartbeat = _Heartbeat(storage, running, study)
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
                 with runner.progress, heartbeat:
-                    while (started < remaining and too_many is None and not grid_exhausted(study)) or running:
-                        while (len(running) < n_jobs and started < remaining and too_many is None
-                               and not grid_exhausted(study)):
+                    def more() -> bool:
+                        # resume=true joins a study that other drivers may be filling too:
+                        # n_trials is then the study's total, checked before every new trial
+                        shared_full = bool(cfg.get("resume")) and len(study.trials) >= n_trials
+                        return (started < remaining and too_many is None and not grid_exhausted(study)
+                                and not shared_full)
+
+                    while more() or running:
+                        while len(running) < n_jobs and more():
                             started += 1
                             job = self._start(study, space, fixed, directions, runner, sweep_dir)
                             if job is not None:
@@ -376,9 +381,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 class _Heartbeat:
     """Records heartbeats of running trials on storages that support them (RDB)."""
 
-    def __init__(self, storage: Any, running: dict) -> None:
-        self.storage, self.running = storage, running
-        self.enabled = isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled()
+    def __init__(self, storage: Any, running: dict, study: optuna.Study) -> None:
+        self.storage, self.running, self.study = storage, running, study
+        self.enabled = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -392,10 +397,12 @@ class _Heartbeat:
 
     def _run(self) -> None:
         interval = self.storage.get_heartbeat_interval() or 60
-        while not self._stop.wait(min(interval, 5) if not self.running else interval / 2):
-            for trial, _ in list(self.running.values()):
-                try:
+        while not self._stop.wait(max(0.5, interval / 2)):
+            try:
+                for trial, _ in list(self.running.values()):
                     self.storage.record_heartbeat(trial._trial_id)
-                except Exception as e:  # a storage hiccup must not end the sweep
-                    log.warning("heartbeat failed: %s", e)
-            time.sleep(0)
+                # trials of another driver that died stop beating: fail them (and re-queue
+                # them if retry_failed is set) so that the study does not wait on them
+                optuna.storages.fail_stale_trials(self.study)
+            except Exception as e:  # a storage hiccup must not end the sweep
+                log.warning("heartbeat failed: %s", e)
