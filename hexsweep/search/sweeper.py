@@ -70,6 +70,9 @@ class OptunaSearch:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        from hexsweep.sweep.launcher import unmemoize_sweep_configs
+
+        unmemoize_sweep_configs(hydra_context.config_loader)
 
     # ---- set-up -----------------------------------------------------------------------
     def _space(self, arguments: list[str]) -> tuple[dict, list[str]]:

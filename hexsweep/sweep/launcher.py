@@ -25,7 +25,6 @@ post-sweep callback. Here:
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import logging
 import math
@@ -284,13 +283,25 @@ def memoize_sweep_configs(config_loader: Any) -> None:
     memo: dict[tuple[str, ...], DictConfig] = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        # first call (the sweeper's check, which discards the result): compose and keep it;
+        # second call (the launcher, which owns and edits it): hand the kept one over
         key = tuple(sweep_overrides)
-        if key not in memo:
-            memo[key] = original(master_config, list(sweep_overrides))
-        return copy.deepcopy(memo[key])
+        if key in memo:
+            return memo.pop(key)
+        cfg = original(master_config, list(sweep_overrides))
+        memo[key] = cfg
+        return cfg
 
     config_loader.load_sweep_config = load_sweep_config
     config_loader._hexsweep_memo = memo
+    config_loader._hexsweep_original = original
+
+
+def unmemoize_sweep_configs(config_loader: Any) -> None:
+    """For sweepers that compose each job once themselves (the Optuna sweeper)."""
+    if getattr(config_loader, "_hexsweep_original", None) is not None:
+        config_loader.load_sweep_config = config_loader._hexsweep_original
+        config_loader._hexsweep_memo = None
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
