@@ -29,7 +29,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from hexsweep.data.shards import FORMAT_VERSION, Game, read_meta, write_dataset
-from hexsweep.hex.board import BLACK, EMPTY, WHITE, Board
+from hexsweep.hex.board import BLACK, WHITE, Board
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,6 @@ def ensure_dataset(data_cfg: Any, data_root: str | os.PathLike, workers: int | N
             if not (folder / "meta.json").is_file():
                 generate(data_cfg, folder, workers, progress)
     return folder, read_meta(folder, data_cfg.board_size)
-
-
-def count_empty_cells(boards: np.ndarray) -> np.ndarray:
-    return (boards.reshape(len(boards), -1) == EMPTY).sum(axis=1)
 
 
 def main() -> None:
