@@ -136,12 +136,12 @@ def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, ou
     for job_dir, pts in drawn.items():
         row = labels.loc[job_dir]
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3,
-                label=f"{row.get('job_num')}: {row.get('label')}")
+                label=textwrap.shorten(f"{row.get('job_num')}: {row.get('label')}", 60))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} of every job")
-    if len(curves) <= 20:
-        ax.legend(fontsize=7)
+    if len(drawn) <= 20:
+        ax.legend(fontsize=6, loc="best", framealpha=0.6)
     ax.grid(alpha=0.3)
     return save_png(fig, out)
 
