@@ -49,3 +49,20 @@ def running_with_slot(outputs: Path, job: str) -> dict | None:
         return None
     r = read_result(dirs[-1] / job)
     return r if r and r.get("status") == "running" and r.get("slot") else None
+
+
+def run_one_failing_sweep(outputs: Path, data: Path, launcher: str, *extra: str):
+    """A 2-job sweep through another Hydra launcher where job 0 raises; checks the shared
+    outcome (exit 1, the one-line summary, the table) and returns (sweep folder, table)."""
+    import pandas as pd
+
+    cmd = [c for c in sweep_cmd(outputs, data, f"hydra/launcher={launcher}", "fault.raise_at_epoch=1,99", *extra)
+           if c != "hydra.launcher.progress=off"]  # that key belongs to the hexsweep launcher only
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "hexsweep: 1 of 2 jobs failed: 0 (fault.raise_at_epoch=1): failed: InjectedFault" in out.stderr
+    sweep = sweep_dirs(outputs)[0]
+    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
+    assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
+    assert "InjectedFault" in (sweep / "0" / "error.txt").read_text()
+    return sweep, df

@@ -1,12 +1,9 @@
 """Beyond one machine: the Slurm preset's submission, and a real sweep through submitit_local."""
 
-import subprocess
-
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from sweep_helpers import sweep_cmd, sweep_dirs
+from sweep_helpers import run_one_failing_sweep
 
 from hexsweep.cli import CONF_DIR
 from hexsweep.config import register_schema
@@ -54,13 +51,5 @@ def test_slurm_preset_asks_for_one_gpu_per_job(tmp_path, monkeypatch):
 def test_submitit_local_sweep_with_a_failing_job(tmp_path, data_root, tiny_dataset):
     """Real processes through real submitit: the raising job is recorded, the report is written,
     and the exit status says so (submitit alone would call the failed job 'completed')."""
-    cmd = [c for c in sweep_cmd(tmp_path, data_root, "hydra/launcher=local", "fault.raise_at_epoch=1,99",
-                                "resources.cpu_slots=2") if c != "hydra.launcher.progress=off"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1, out.stderr
-    assert "hexsweep: 1 of 2 jobs failed: 0 (fault.raise_at_epoch=1): failed: InjectedFault" in out.stderr
-    sweep = sweep_dirs(tmp_path)[0]
-    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
-    assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
-    assert "InjectedFault" in (sweep / "0" / "error.txt").read_text()
+    sweep, _ = run_one_failing_sweep(tmp_path, data_root, "local", "resources.cpu_slots=2")
     assert (sweep / ".submitit").is_dir()

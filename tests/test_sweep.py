@@ -7,7 +7,15 @@ import subprocess
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from sweep_helpers import read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
+from sweep_helpers import (
+    read_result,
+    run_one_failing_sweep,
+    run_sweep,
+    running_with_slot,
+    sweep_cmd,
+    sweep_dirs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -109,14 +117,7 @@ def test_a_bad_value_stops_the_sweep_before_any_job(tmp_path, data):
 def test_other_hydra_launchers_keep_folders_slots_and_report(tmp_path, data, launcher):
     """Hydra's own launchers: a raising job is recorded, the rest run, the callback reports."""
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    cmd = [c for c in sweep_cmd(tmp_path, data, f"hydra/launcher={launcher}", "fault.raise_at_epoch=1,null",
-                                *extra) if c != "hydra.launcher.progress=off"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1, out.stderr
-    assert "hexsweep: 1 of 2 jobs failed: 0 (fault.raise_at_epoch=1): failed: InjectedFault" in out.stderr
-    sweep = sweep_dirs(tmp_path)[0]
-    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
-    assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
+    _, df = run_one_failing_sweep(tmp_path, data, launcher, *extra)
     assert str(df.loc[1, "slot"]).startswith("cpu-")
     expected_threads = max(1, os.cpu_count() // 2) if launcher == "joblib" else os.cpu_count()
     assert df.loc[1, "num_threads"] == expected_threads
