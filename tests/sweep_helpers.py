@@ -66,3 +66,9 @@ def run_one_failing_sweep(outputs: Path, data: Path, launcher: str, *extra: str)
     assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
     assert "InjectedFault" in (sweep / "0" / "error.txt").read_text()
     return sweep, df
+
+
+def dropout_space(cfg, trial) -> None:
+    """A custom_search_space hook for the tests: dropout depends on the sampled learning rate."""
+    high = 0.3 if trial.params.get("optim.lr", 1.0) > 1e-3 else 0.1
+    trial.suggest_float("model.dropout", 0.0, high)

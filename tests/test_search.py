@@ -252,3 +252,19 @@ def test_configurations_that_ran_out_of_memory_are_not_proposed_again(tmp_path):
     assert blocked(study, {"batch_size": 1024, "model.channels": 64}) == oom.number  # larger batch: also out
     assert blocked(study, {"batch_size": 256, "model.channels": 64}) is None
     assert blocked(study, {"batch_size": 1024, "model.channels": 32}) is None
+
+
+def test_custom_search_space_hook(tmp_path, data):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)}
+    cmd = sweep_cmd(tmp_path, data, "hydra/sweeper=hexsweep_optuna", "hydra.sweeper.study_name=s",
+                    "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=1",
+                    "optim.lr=tag(log,interval(1e-4,1e-2))",
+                    "hydra.sweeper.custom_search_space=sweep_helpers.dropout_space")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    for t in load(tmp_path).trials:
+        assert 0.0 <= t.params["model.dropout"] <= (0.3 if t.params["optim.lr"] > 1e-3 else 0.1)
+        result = json.loads((__import__("pathlib").Path(t.user_attrs["job_dir"]) / "result.json").read_text())
+        assert result["config"]["model"]["dropout"] == pytest.approx(t.params["model.dropout"])
