@@ -105,7 +105,8 @@ class ResourcesConfig:
     """Slots, memory admission and sampling (see hexsweep/resources/)."""
 
     slots: str = "auto"  # auto: hold a slot in sweeps only | on | off
-    lock_dir: str = "${paths.outputs}/.locks"
+    # per host: nodes of a cluster sharing the outputs root must not share slots
+    lock_dir: str = "${paths.outputs}/.locks/${hexsweep_host:}"
     cpu_slots: int | None = None  # None: the sweep's number of parallel jobs
     gpu_mem_mb: float | None = None  # free GPU memory a job needs; None: learned, else unchecked
     ram_mb: float | None = None  # available RAM a job needs; None: learned, else unchecked
@@ -178,6 +179,10 @@ class TrainConfig:
 
 
 def register_schema() -> None:
+    """The schema and the resolvers its defaults use, for every way of composing the config."""
+    from hexsweep.sweep.naming import register_resolvers
+
+    register_resolvers()
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 

@@ -15,6 +15,7 @@ import psutil
 
 from hexsweep.resources.gpus import all_gpu_status
 from hexsweep.resources.slots import read_holders
+from hexsweep.sweep.naming import host
 
 
 def snapshot(lock_dir: Path) -> str:
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hexsweep.monitor", description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds to run (0: one snapshot)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between snapshots")
-    parser.add_argument("--lock-dir", type=Path, default=Path("outputs/.locks"),
-                        help="the slot lock folder (resources.lock_dir)")
+    parser.add_argument("--lock-dir", type=Path, default=Path("outputs/.locks") / host(),
+                        help="the slot lock folder (resources.lock_dir; default: this host's)")
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error(f"--interval {args.interval} is invalid: allowed a number > 0")

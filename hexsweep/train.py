@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -214,11 +216,27 @@ def completed_result(job_dir: Path, overrides: list[str]) -> dict[str, Any] | No
     return None
 
 
+def enter_launch_dir(launch_dir: str) -> None:
+    """Run in the directory the sweep was started from, as ``hydra.job.chdir=false`` promises.
+
+    Ray workers start in the directory of ``ray start``, Slurm jobs wherever sbatch puts
+    them: relative paths (the data, the slot locks, the Optuna journal) must mean the same
+    files as in the driver. Needs the same paths on every node (a shared file system)."""
+    if os.getcwd() == launch_dir:
+        return
+    try:
+        os.chdir(launch_dir)
+    except OSError as e:
+        log.warning("cannot enter the launch directory %s on %s (%s); relative paths are taken from %s",
+                    launch_dir, socket.gethostname(), e.strerror, os.getcwd())
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    enter_launch_dir(hc.runtime.cwd)
     if not multirun:
         try:
             validate(cfg)

@@ -14,6 +14,7 @@ import pytest
 
 from hexsweep.resources import admission, gpus
 from hexsweep.resources import job as jobres
+from hexsweep.resources.cluster import Assignment, jobs_per_node
 from hexsweep.resources.gpus import GpuStatus
 from hexsweep.resources.slots import SlotPool, SlotTimeout, read_holders
 
@@ -106,6 +107,32 @@ def test_gpu_slots_give_each_job_its_own_device(two_gpus, tmp_path):
     cpu_pool = jobres.make_pool(_cfg(device="cpu", resources=SimpleNamespace(lock_dir=str(tmp_path),
                                                                             cpu_slots=None)), 3)
     assert cpu_pool.size == 3 and cpu_pool.gpus == []
+
+
+def test_gpu_slots_are_named_by_the_physical_gpu(monkeypatch, tmp_path):
+    """Ray and Slurm show each job only its own GPU, as cuda:0: the lock names must still tell
+    GPU 3 from GPU 5, or two jobs on different GPUs would wait for each other."""
+    monkeypatch.setattr(gpus, "_init", lambda: True)
+    monkeypatch.setattr(gpus, "pynvml", SimpleNamespace(nvmlDeviceGetCount=lambda: 8, NVMLError=RuntimeError))
+    monkeypatch.setattr(jobres, "gpu_count", lambda: 1)
+    cfg = _cfg(slots_per_gpu=1, resources=SimpleNamespace(lock_dir=str(tmp_path), cpu_slots=None))
+    held = []
+    for visible in ("3", "5"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert gpus.physical_indices() == {0: int(visible)}
+        held.append(jobres.make_pool(cfg, 1).try_acquire())
+    assert [(s.name, s.device()) for s in held] == [("gpu3-0", "cuda:0"), ("gpu5-0", "cuda:0")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert jobres.make_pool(cfg, 1).try_acquire() is None  # GPU 3's one slot is taken
+    for s in held:
+        s.release()
+
+
+def test_ray_tasks_size_the_pool_from_their_assigned_cpus():
+    assert jobs_per_node(16, Assignment(cpus=4, gpus=1)) == 4
+    assert jobs_per_node(2, Assignment(cpus=1, gpus=0)) == 2
+    assert jobs_per_node(2, Assignment(cpus=3, gpus=0)) == 1
+    assert jobs_per_node(8, Assignment(cpus=0, gpus=0.5)) == 8
 
 
 def test_memory_admission_waits_and_explains(two_gpus):

@@ -101,7 +101,9 @@ def test_failures_are_trials_not_crashes_and_pruning_prunes(tmp_path, data):
     nan = by_params[(99, 1)]
     assert nan.state == TrialState.FAIL and "NonFiniteObjective" in nan.user_attrs["fail_reason"]
     # a search built to prune: one good learning rate, then hopeless ones, median pruner
+    # (sampler seed 5 puts the good one first in the grid's order, so the pruner has a reference)
     out = search(tmp_path, data, "hydra/sweeper/sampler=grid", "trainer.epochs=5", "hydra.sweeper.n_jobs=1",
+                 "hydra.sweeper.sampler.seed=5",
                  "optim.lr=choice(3e-3,1e-7,2e-7,3e-7)", "hydra.sweeper.n_trials=4",
                  "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=1",
                  "hydra.sweeper.pruner.n_warmup_steps=1", study="p")

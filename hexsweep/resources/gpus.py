@@ -50,6 +50,16 @@ def visible_indices(count: int) -> list[int]:
     return out
 
 
+def physical_indices() -> dict[int, int]:
+    """CUDA index in this process -> NVML index of the same GPU."""
+    if not _init():
+        return {}
+    try:
+        return dict(enumerate(visible_indices(pynvml.nvmlDeviceGetCount())))
+    except pynvml.NVMLError:
+        return {}
+
+
 def gpu_count() -> int:
     if not _init():
         return 0

@@ -13,7 +13,8 @@ from typing import Any
 
 from hexsweep.devices import usable_cores
 from hexsweep.resources import admission
-from hexsweep.resources.gpus import gpu_count
+from hexsweep.resources.cluster import jobs_per_node, ray_assignment
+from hexsweep.resources.gpus import gpu_count, physical_indices
 from hexsweep.resources.sampler import ResourceSampler
 from hexsweep.resources.slots import Slot, SlotPool
 
@@ -32,9 +33,12 @@ class JobResources:
 
 
 def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
-    """How many jobs of this sweep run at once: set by the hexsweep launcher, else n_jobs."""
+    """How many jobs of this sweep run at once on this machine: set by the hexsweep launcher,
+    else what Ray packs onto the node, else the launcher's n_jobs."""
     if os.environ.get(PARALLEL_ENV, "").isdigit():
         return max(1, int(os.environ[PARALLEL_ENV]))
+    if (assignment := ray_assignment()) is not None:
+        return jobs_per_node(usable_cores(), assignment)
     n = getattr(hydra_launcher_cfg, "n_jobs", None) if hydra_launcher_cfg is not None else None
     if isinstance(n, int) and n < 0:  # joblib's convention: -1 = all cores, -2 = all but one
         return max(1, usable_cores() + 1 + n)
@@ -47,7 +51,8 @@ def make_pool(cfg: Any, parallel: int) -> SlotPool:
     if str(cfg.device).startswith("cuda:"):
         gpus = [int(str(cfg.device).split(":")[1])]
     return SlotPool(Path(cfg.resources.lock_dir).resolve(), gpus, cfg.slots_per_gpu,
-                    cfg.resources.cpu_slots or parallel, usable_cores())
+                    cfg.resources.cpu_slots or parallel, usable_cores(),
+                    physical_indices() if gpus else {})
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ side share the GPUs instead of both starting on GPU 0.
 
 - GPU slots: ``gpu<i>-<k>.lock`` for GPU i and k < slots_per_gpu; the job trains on
   ``torch.device("cuda", i)`` (an explicit device: CUDA_VISIBLE_DEVICES is read once per
-  process and cannot move a job to another GPU).
+  process and cannot move a job to another GPU). The lock name uses the GPU's NVML (physical)
+  index: Ray and Slurm hide all but the assigned GPU from a job, so two jobs both see their
+  GPU as ``cuda:0`` while holding different GPUs.
 - CPU slots (no GPU, or device=cpu): ``cpu-<k>.lock`` for k < the pool size (the sweep's
   number of parallel jobs); each job sets ``torch.set_num_threads(cores // pool size)``
   so the parallel jobs together use the cores without oversubscription.
@@ -53,7 +55,7 @@ class Slot:
 
     @property
     def name(self) -> str:
-        return f"gpu{self.index}-{self.share}" if self.kind == "gpu" else f"cpu-{self.share}"
+        return self.path.stem
 
     def device(self) -> str:
         return f"cuda:{self.index}" if self.kind == "gpu" else "cpu"
@@ -81,6 +83,10 @@ class SlotPool:
     slots_per_gpu: int
     cpu_slots: int
     cores: int
+    physical: dict[int, int] = field(default_factory=dict)  # CUDA index -> NVML index, for names
+
+    def slot_name(self, kind: str, index: int, share: int) -> str:
+        return f"gpu{self.physical.get(index, index)}-{share}" if kind == "gpu" else f"cpu-{share}"
 
     def candidates(self) -> list[tuple[str, int, int]]:
         if self.gpus:
@@ -97,8 +103,7 @@ class SlotPool:
     def try_acquire(self) -> Slot | None:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         for kind, index, share in self.candidates():
-            name = f"gpu{index}-{share}" if kind == "gpu" else f"cpu-{share}"
-            path = self.lock_dir / f"{name}.lock"
+            path = self.lock_dir / f"{self.slot_name(kind, index, share)}.lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
@@ -44,6 +45,13 @@ from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, open
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def job_dir_of(ret: JobReturn, fallback: Path) -> Path:
+    """A job's folder from its JobReturn. Not ``working_dir``: with hydra.job.chdir=false Hydra
+    puts the process's cwd there, which under Ray or Slurm is not the job folder."""
+    out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
+    return Path(str(out)) if out else fallback
 
 
 class TooManyFailures(HexsweepError):
@@ -330,7 +338,7 @@ class OptunaSearch:
                 t.set_user_attr("overrides", [x for x in o if not x.startswith("optuna.")])
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for t, r in zip(trials, returns, strict=True):
-                job_dir = Path(r.working_dir) if r.working_dir else sweep_dir / str(t.number)
+                job_dir = job_dir_of(r, sweep_dir / str(t.number))
                 t.set_user_attr("job_dir", str(job_dir))
                 self._finish(study, t, job_dir)
             done += len(trials)

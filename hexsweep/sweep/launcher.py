@@ -113,6 +113,37 @@ def _job_process(hydra_context: Any, task_function: Any, config: DictConfig,
     os._exit(0 if ret.status == JobStatus.COMPLETED else 1)
 
 
+def job_return(cfg: DictConfig, job_dir: Path, record: dict | None) -> JobReturn:
+    """What Hydra gets back for a job: always COMPLETED (the folder holds the truth), with the
+    objective, or NaN for a job that did not complete."""
+    value = math.nan
+    if record and record.get("status") in ("completed", "pruned"):
+        value = (record.get("objective") or {}).get("value", math.nan)
+    ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=cfg, hydra_cfg=cfg,
+                    working_dir=str(job_dir), task_name=cfg.hydra.job.name,
+                    status=JobStatus.COMPLETED)
+    ret.return_value = value
+    return ret
+
+
+def record_death(job_dir: Path, cfg: DictConfig, how: str, kind: str, force: bool = False) -> dict:
+    """Write the result a dead job could not write itself."""
+    record = read_result(job_dir) or {}
+    if not force and record.get("status") not in (None, "running", "crashed"):
+        return record
+    record.update({
+        "status": "failed" if kind == "Timeout" else "crashed",
+        "error": {"type": kind, "message": f"the job's process {how}"},
+        "experiment": record.get("experiment", cfg.get("experiment_name")),
+        "overrides": list(cfg.hydra.overrides.task),
+        "job": record.get("job", {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}),
+    })
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_dir / "error.txt", f"{kind}: the job's process {how}\n")
+    JobFolder(job_dir).finish(record)
+    return record
+
+
 class JobRunner:
     """Runs jobs of one sweep, each in its own process, at most ``n_jobs`` at once."""
 
@@ -143,16 +174,6 @@ class JobRunner:
     def submit(self, cfg: DictConfig) -> Future:
         return self.pool.submit(self._run, cfg)
 
-    def _job_return(self, cfg: DictConfig, job_dir: Path, record: dict | None) -> JobReturn:
-        value = math.nan
-        if record and record.get("status") in ("completed", "pruned"):
-            value = (record.get("objective") or {}).get("value", math.nan)
-        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=cfg, hydra_cfg=cfg,
-                        working_dir=str(job_dir), task_name=cfg.hydra.job.name,
-                        status=JobStatus.COMPLETED)
-        ret.return_value = value
-        return ret
-
     def _run(self, cfg: DictConfig) -> JobReturn:
         from hexsweep.train import completed_result
 
@@ -162,9 +183,9 @@ class JobRunner:
         label = job_label(overrides, self.common)
         if cfg.get("resume") and (done := completed_result(job_dir, overrides)):
             self.progress.skipped(num, label)
-            return self._job_return(cfg, job_dir, done)
+            return job_return(cfg, job_dir, done)
         if self.stopping.is_set():
-            return self._job_return(cfg, job_dir, None)
+            return job_return(cfg, job_dir, None)
         ctx = multiprocessing.get_context("fork")
         proc = ctx.Process(target=_job_process, name=f"hexsweep-job-{num}",
                            args=(self.launcher.hydra_context, self.launcher.task_function, cfg,
@@ -183,7 +204,7 @@ class JobRunner:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-            self._record_death(job_dir, cfg, f"exceeded hydra.launcher.timeout_s={self.timeout_s}",
+            record_death(job_dir, cfg, f"exceeded hydra.launcher.timeout_s={self.timeout_s}",
                                "Timeout", force=True)
         with self.lock:
             self.children.pop(num, None)
@@ -192,27 +213,9 @@ class JobRunner:
             code = proc.exitcode
             how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                    else f"exited with code {code} without a result")
-            record = self._record_death(job_dir, cfg, how, "Crashed")
+            record = record_death(job_dir, cfg, how, "Crashed")
         self.progress.finished(num, record["status"], time.monotonic() - start, label)
-        return self._job_return(cfg, job_dir, record)
-
-    def _record_death(self, job_dir: Path, cfg: DictConfig, how: str, kind: str,
-                      force: bool = False) -> dict:
-        """Write the result a dead job could not write itself."""
-        record = read_result(job_dir) or {}
-        if not force and record.get("status") not in (None, "running", "crashed"):
-            return record
-        record.update({
-            "status": "failed" if kind == "Timeout" else "crashed",
-            "error": {"type": kind, "message": f"the job's process {how}"},
-            "experiment": record.get("experiment", cfg.get("experiment_name")),
-            "overrides": list(cfg.hydra.overrides.task),
-            "job": record.get("job", {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}),
-        })
-        job_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(job_dir / "error.txt", f"{kind}: the job's process {how}\n")
-        JobFolder(job_dir).finish(record)
-        return record
+        return job_return(cfg, job_dir, record)
 
     def interrupt(self) -> None:
         """Stop starting jobs; interrupt the running ones (they record ``interrupted``)."""

@@ -1,0 +1,39 @@
+"""What a cluster scheduler gave this job, for the slot pool and the thread count.
+
+The hexsweep launcher tells its jobs how many run at once; under Ray the scheduler decides,
+per task, from the resources the launcher preset asks for (``ray.remote.num_cpus``). A job
+running as a Ray task reads what it was assigned, so that its slot pool and its threads
+match what Ray packs onto the node. Ray is never imported here: a Ray worker has already
+imported it, and everywhere else this costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Assignment:
+    cpus: float
+    gpus: float
+
+
+def ray_assignment() -> Assignment | None:
+    """The CPUs and GPUs Ray assigned to the task this process runs, or None outside Ray tasks."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None  # the driver, not a task
+    assigned = context.get_assigned_resources()
+    return Assignment(float(assigned.get("CPU", 0.0)), float(assigned.get("GPU", 0.0)))
+
+
+def jobs_per_node(cores: int, assignment: Assignment) -> int:
+    """How many tasks of this size Ray can pack onto a node with ``cores`` cores."""
+    if assignment.cpus <= 0:
+        return cores  # num_cpus=0: Ray does not limit them; give each job one thread
+    return max(1, math.floor(cores / assignment.cpus))

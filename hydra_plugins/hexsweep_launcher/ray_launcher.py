@@ -1,0 +1,36 @@
+"""The Ray launcher of hexsweep (``hydra/launcher=ray_cluster``): hydra-ray-launcher's job
+submission, with hexsweep's rule that one dead job never ends the sweep.
+
+The stock RayLauncher collects results with one ``ray.get`` per job in order, so a job
+whose worker process dies (kill -9, the OOM killer, a lost node) raises in the driver and
+the whole sweep ends without its report. This launcher submits the same remote tasks
+through the stock plugin's helpers and records such a job as ``crashed`` in its folder.
+
+Hydra imports every plugin module at start-up: nothing here imports Ray.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class HexsweepRayLauncher(Launcher):
+    def __init__(self, ray: DictConfig, **params: Any) -> None:
+        self.ray_cfg = ray
+        self.params = params
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hexsweep.sweep import ray_jobs
+
+        return ray_jobs.launch(self, job_overrides, initial_job_idx)

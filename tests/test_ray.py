@@ -1,0 +1,129 @@
+"""Sweeps through Ray, against a real Ray head started on loopback for this module.
+
+The head is ``ray start --head --block`` (terminated with SIGTERM at the end, which stops its
+raylet and workers); the drivers find it the way users do: ``address=auto`` and RAY_ADDRESS.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from sweep_helpers import read_result, run_one_failing_sweep, sweep_cmd, sweep_dirs, wait_for
+
+from hexsweep.search.storage import open_storage
+
+pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+CPU_CLUSTER = ["hydra/launcher=ray_cluster", "hydra.launcher.ray.remote.num_gpus=0",
+               "hydra.launcher.ray.remote.num_cpus=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    # a short temp dir: Ray puts unix sockets under it (108-byte path limit)
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port = _free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    log = (temp / "head.log").open("w")
+    head = subprocess.Popen([str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
+                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: "Ray runtime started" in (temp / "head.log").read_text() or head.poll() is not None, 90)
+        assert head.poll() is None, (temp / "head.log").read_text()
+        yield os.environ["RAY_ADDRESS"]
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_sweep_records_a_failing_job_and_packs_the_node(tmp_path, data_root, tiny_dataset, ray_head):
+    """Jobs run as Ray tasks (workers started in the head's directory, not ours), yet write into
+    our sweep folder; the raising job is recorded and aggregated; each task's 1 assigned CPU
+    becomes a 2-slot pool of 1-thread jobs on this 2-core node."""
+    sweep, df = run_one_failing_sweep(tmp_path, data_root, "ray_cluster", "hydra.launcher.ray.remote.num_gpus=0",
+                                      "hydra.launcher.ray.remote.num_cpus=1")
+    assert sweep.is_relative_to(tmp_path)
+    assert df.loc[1, "num_threads"] == 1 and df.loc[1, "slot"] in ("cpu-0", "cpu-1")
+    assert df.loc[1, "host"] == socket.gethostname()
+    record = read_result(sweep / "1")
+    assert record["pid"] != os.getpid() and Path(record["config"]["resources"]["lock_dir"]).is_relative_to(tmp_path)
+
+
+def test_the_stock_ray_launcher_joins_a_running_cluster(tmp_path, data_root, tiny_dataset, ray_head):
+    """The plain hydra-ray-launcher with address=auto: Ray refuses its forced object_store_memory
+    for an existing cluster unless hexsweep nulls it first."""
+    cmd = [c for c in sweep_cmd(tmp_path, data_root, "hydra/launcher=ray", "hydra.launcher.ray.init.address=auto",
+                                "seed=1,2") if c != "hydra.launcher.progress=off"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    df = pd.read_csv(sweep_dirs(tmp_path)[0] / "results.csv")
+    assert sorted(df["status"]) == ["completed", "completed"]
+
+
+def test_a_killed_ray_worker_is_recorded_crashed(tmp_path, data_root, tiny_dataset, ray_head):
+    cmd = [c for c in sweep_cmd(tmp_path, data_root, *CPU_CLUSTER, "fault.sleep_s_per_epoch=2", "seed=1,2")
+           if c != "hydra.launcher.progress=off"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def victim():
+        dirs = sweep_dirs(tmp_path)
+        r = read_result(dirs[0] / "0") if dirs else None
+        return r if r and r.get("status") == "running" and r.get("slot") else None
+
+    os.kill(wait_for(victim, 120)["pid"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "hexsweep: 1 of 2 jobs failed: 0 (seed=1): crashed" in err
+    df = pd.read_csv(sweep_dirs(tmp_path)[0] / "results.csv").set_index("job_num")
+    assert df.loc[0, "status"] == "crashed" and df.loc[1, "status"] == "completed"
+    assert "WorkerCrashedError" in (sweep_dirs(tmp_path)[0] / "0" / "error.txt").read_text()
+
+
+def test_optuna_trials_on_ray_report_epochs_and_get_pruned(tmp_path, data_root, tiny_dataset, ray_head):
+    """The storage reaches Ray tasks through runtime_env (workers do not inherit the driver's
+    environment): trials report every epoch and the median pruner stops hopeless ones."""
+    cmd = [c for c in sweep_cmd(tmp_path, data_root, *CPU_CLUSTER, "hydra/sweeper=hexsweep_optuna",
+                                "hydra.sweeper.study_name=r", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=1",
+                                "hydra.sweeper.sampler.seed=5",  # grid order: the good lr first
+                                "trainer.epochs=4", "optim.lr=choice(3e-3,1e-7,2e-7)", "hydra.sweeper.n_trials=3",
+                                "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                                "hydra.sweeper.pruner.n_warmup_steps=1")
+           if c != "hydra.launcher.progress=off"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="r", storage=open_storage(str(tmp_path / "optuna/studies.journal")))
+    assert all(t.intermediate_values for t in study.trials)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.state, t.params) for t in study.trials]
+    job = json.loads((Path(pruned[0].user_attrs["job_dir"]) / "result.json").read_text())
+    assert job["status"] == "pruned" and job["pruned_at_epoch"] < 4
