@@ -96,3 +96,24 @@ def test_a_killed_driver_leaves_its_trials_to_the_heartbeat(tmp_path, data_root,
     assert orphan.state == TrialState.FAIL
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_one_drivers_trials_are_pruned_against_the_others(tmp_path, data_root, tiny_dataset, pg_url):
+    """Pruning across machines: driver A completes the one good trial; driver B, with its own
+    sweep folder, joins the study and its hopeless trials are stopped by the median of A's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    grid = ["hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=5",  # seed 5: the good lr first
+            "optim.lr=choice(3e-3,1e-7,2e-7,3e-7)", "trainer.epochs=5", "hydra.sweeper.pruner.n_startup_trials=1",
+            "hydra.sweeper.pruner.n_warmup_steps=1"]
+    first = subprocess.run(driver(a, data_root, pg_url, "across", 1, *grid), capture_output=True, text=True,
+                           timeout=400)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(driver(b, data_root, pg_url, "across", 4, *grid), capture_output=True, text=True,
+                            timeout=400)
+    assert second.returncode == 0, second.stderr
+    trials = optuna.load_study(study_name="across", storage=pg_url).trials
+    assert trials[0].params["optim.lr"] == 3e-3 and trials[0].state == TrialState.COMPLETE
+    assert str(sweep_dirs(a)[0]) in trials[0].user_attrs["job_dir"]
+    from_b = [t for t in trials if str(sweep_dirs(b)[0]) in t.user_attrs["job_dir"]]
+    assert len(from_b) == 3
+    assert all(t.state == TrialState.PRUNED for t in from_b), [(t.number, t.state) for t in from_b]
