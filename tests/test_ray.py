@@ -44,7 +44,8 @@ def ray_head():
     log = (temp / "head.log").open("w")
     head = subprocess.Popen([str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                             "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=200000000",
+                             f"--temp-dir={temp}"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     saved = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
