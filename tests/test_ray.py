@@ -128,3 +128,28 @@ def test_optuna_trials_on_ray_report_epochs_and_get_pruned(tmp_path, data_root, 
     assert pruned, [(t.state, t.params) for t in study.trials]
     job = json.loads((Path(pruned[0].user_attrs["job_dir"]) / "result.json").read_text())
     assert job["status"] == "pruned" and job["pruned_at_epoch"] < 4
+
+
+def test_bad_values_stop_a_ray_sweep_before_it_reaches_the_cluster(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens: reaching it would hang or fail
+    cmd = [c for c in sweep_cmd(tmp_path, data_root, *CPU_CLUSTER, "batch_size=512,0")
+           if c != "hydra.launcher.progress=off"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == \
+        "hexsweep: error: job 1 (batch_size=0): batch_size=0 is invalid: allowed an integer > 0"
+
+
+def test_ray_options_carry_the_storage_and_join_an_existing_cluster(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hexsweep.sweep.ray_jobs import concurrent_tasks, init_options, remote_options
+
+    monkeypatch.setenv("HEXSWEEP_OPTUNA_STORAGE", "postgresql://u:secret@db/x")
+    monkeypatch.setenv("HEXSWEEP_PARALLEL_JOBS", "8")  # this machine's, not the nodes'
+    remote = remote_options(OmegaConf.create({"num_gpus": 1, "runtime_env": {"env_vars": {"A": "1"}}}))
+    assert remote.runtime_env.env_vars == {"HEXSWEEP_OPTUNA_STORAGE": "postgresql://u:secret@db/x", "A": "1"}
+    assert init_options(OmegaConf.create({"address": "auto"})) == {"address": "auto", "object_store_memory": None}
+    assert "object_store_memory" not in init_options(OmegaConf.create({"address": None}))
+    assert concurrent_tasks({"CPU": 16.0, "GPU": 2.0}, remote, 10) == 2
+    assert concurrent_tasks({"CPU": 2.0}, OmegaConf.create({"num_cpus": 1, "num_gpus": 0}), 10) == 2

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -237,15 +237,15 @@ def common_overrides(job_overrides: Sequence[Sequence[str]]) -> set[str]:
     return set.intersection(*sets) if len(sets) > 1 else set()
 
 
-def validate_all(runner: JobRunner, job_overrides: Sequence[Sequence[str]], first: int) -> list[DictConfig]:
+def validate_all(job_config: Callable[[Sequence[str], int], DictConfig], job_overrides: Sequence[Sequence[str]],
+                 first: int) -> list[DictConfig]:
     """Compose and validate every job before the first starts; one line on the first bad one."""
     configs = []
     common = common_overrides(job_overrides)
-    runner.common = common
     for i, overrides in enumerate(job_overrides):
         label = job_label(overrides, common)
         try:
-            cfg = runner.job_config(overrides, first + i)
+            cfg = job_config(overrides, first + i)
             validate(cfg)
         except HexsweepError as e:
             fail(f"job {first + i} ({label}): {e}")
@@ -313,7 +313,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     requested = launcher.params.get("n_jobs")
     n_jobs = requested if requested and requested > 0 else default_n_jobs(launcher.config, len(job_overrides))
     runner = JobRunner(launcher, n_jobs, len(job_overrides))
-    configs = validate_all(runner, job_overrides, initial_job_idx)
+    runner.common = common_overrides(job_overrides)
+    configs = validate_all(runner.job_config, job_overrides, initial_job_idx)
     warm_imports()
     runner.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(runner.sweep_dir, configs, n_jobs)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hexsweep.jobfolder import read_result
 from hexsweep.resources.job import PARALLEL_ENV
-from hexsweep.sweep.launcher import job_return, record_death
+from hexsweep.sweep.launcher import job_return, record_death, validate_all, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +51,40 @@ def remote_options(remote: DictConfig) -> DictConfig:
     return OmegaConf.create(options)
 
 
+def concurrent_tasks(cluster: dict[str, float], remote: DictConfig, jobs: int) -> int:
+    """How many of these tasks the cluster runs at once (for the manifest and the log)."""
+    needs = {"CPU": float(remote.get("num_cpus", 1) or 0), "GPU": float(remote.get("num_gpus", 0) or 0)}
+    limits = [cluster.get(k, 0.0) / need for k, need in needs.items() if need > 0]
+    return max(1, min(jobs, int(min(limits)))) if limits else jobs
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
     config: DictConfig = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(init_options(launcher.ray_cfg.init))
-    log.info("Ray launcher: %d jobs on %s, sweep folder %s", len(job_overrides),
-             ray.cluster_resources(), sweep_dir)
-    remote = remote_options(launcher.ray_cfg.remote)
-    pending: dict[Any, tuple[DictConfig, Path]] = {}
-    for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+
+    def job_config(overrides: Sequence[str], num: int) -> DictConfig:
         cfg = launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(cfg):
             cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
             cfg.hydra.job.num = num
             cfg.hydra.sweep.dir = str(sweep_dir)  # one folder for all jobs, resolved once here
-        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        ref = launch_job_on_ray(launcher.hydra_context, remote, cfg,
-                                launcher.task_function, Singleton.get_state())
+        return cfg
+
+    configs = validate_all(job_config, job_overrides, initial_job_idx)  # before touching the cluster
+    remote = remote_options(launcher.ray_cfg.remote)
+    start_ray(init_options(launcher.ray_cfg.init))
+    at_once = concurrent_tasks(ray.cluster_resources(), remote, len(configs))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(sweep_dir, configs, at_once)
+    log.info("Ray launcher: %d jobs, about %d at once on %s, sweep folder %s", len(configs), at_once,
+             {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}, sweep_dir)
+    pending: dict[Any, tuple[DictConfig, Path]] = {}
+    for cfg in configs:
+        log.info("\t#%d : %s", cfg.hydra.job.num, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+        ref = launch_job_on_ray(launcher.hydra_context, remote, cfg, launcher.task_function,
+                                Singleton.get_state())
         pending[ref] = (cfg, sweep_dir / str(cfg.hydra.sweep.subdir))
     returns: dict[int, JobReturn] = {}
     while pending:

@@ -29,6 +29,9 @@ class HexsweepRayLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        from hexsweep.sweep.launcher import memoize_sweep_configs
+
+        memoize_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import ray_jobs
