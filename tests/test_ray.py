@@ -20,6 +20,7 @@ import pytest
 from optuna.trial import TrialState
 from sweep_helpers import read_result, run_one_failing_sweep, sweep_cmd, sweep_dirs, wait_for
 
+from hexsweep.errors import ConfigError
 from hexsweep.search.storage import open_storage
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
@@ -153,3 +154,6 @@ def test_ray_options_carry_the_storage_and_join_an_existing_cluster(monkeypatch)
     assert "object_store_memory" not in init_options(OmegaConf.create({"address": None}))
     assert concurrent_tasks({"CPU": 16.0, "GPU": 2.0}, remote, 10) == 2
     assert concurrent_tasks({"CPU": 2.0}, OmegaConf.create({"num_cpus": 1, "num_gpus": 0}), 10) == 2
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.ray.remote.num_gpus=1 is more than the Ray cluster "
+                                          r"has: allowed at most 0 \(GPU in the cluster now: 0\)$"):
+        concurrent_tasks({"CPU": 2.0}, OmegaConf.create({"num_cpus": 1, "num_gpus": 1}), 10)

@@ -20,6 +20,8 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hexsweep.cli import fail
+from hexsweep.errors import ConfigError
 from hexsweep.jobfolder import read_result
 from hexsweep.resources.job import PARALLEL_ENV
 from hexsweep.sweep.launcher import job_return, record_death, validate_all, write_manifest
@@ -52,9 +54,22 @@ def remote_options(remote: DictConfig) -> DictConfig:
 
 
 def concurrent_tasks(cluster: dict[str, float], remote: DictConfig, jobs: int) -> int:
-    """How many of these tasks the cluster runs at once (for the manifest and the log)."""
-    needs = {"CPU": float(remote.get("num_cpus", 1) or 0), "GPU": float(remote.get("num_gpus", 0) or 0)}
-    limits = [cluster.get(k, 0.0) / need for k, need in needs.items() if need > 0]
+    """How many of these tasks the cluster runs at once (for the manifest and the log).
+
+    Raises ConfigError when not even one fits: Ray would otherwise wait forever, printing only
+    that the request "cannot be scheduled right now" (e.g. the preset's one GPU a task on a
+    CPU-only cluster)."""
+    needs = {"num_cpus": ("CPU", float(remote.get("num_cpus", 1) or 0)),
+             "num_gpus": ("GPU", float(remote.get("num_gpus", 0) or 0))}
+    limits = []
+    for key, (resource, need) in needs.items():
+        if need <= 0:
+            continue
+        have = cluster.get(resource, 0.0)
+        if have < need:
+            raise ConfigError(f"hydra.launcher.ray.remote.{key}={need:g} is more than the Ray cluster has: "
+                              f"allowed at most {have:g} ({resource} in the cluster now: {have:g})")
+        limits.append(have / need)
     return max(1, min(jobs, int(min(limits)))) if limits else jobs
 
 
@@ -75,7 +90,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     configs = validate_all(job_config, job_overrides, initial_job_idx)  # before touching the cluster
     remote = remote_options(launcher.ray_cfg.remote)
     start_ray(init_options(launcher.ray_cfg.init))
-    at_once = concurrent_tasks(ray.cluster_resources(), remote, len(configs))
+    try:
+        at_once = concurrent_tasks(ray.cluster_resources(), remote, len(configs))
+    except ConfigError as e:
+        fail(str(e))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep_dir, configs, at_once)
     log.info("Ray launcher: %d jobs, about %d at once on %s, sweep folder %s", len(configs), at_once,
