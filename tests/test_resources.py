@@ -171,6 +171,32 @@ def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
     assert launcher.default_n_jobs(cpu_cfg, 100) == len(os.sched_getaffinity(0))
 
 
+def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_path):
+    """submitit's cpus_per_task sets the node's pool; a Slurm job (its cores are its own) takes
+    no CPU slot, unless the hexsweep launcher forked it inside an allocation."""
+    monkeypatch.delenv(jobres.PARALLEL_ENV, raising=False)
+    monkeypatch.setattr(jobres, "usable_cores", lambda: 8)
+    assert jobres.parallel_jobs(SimpleNamespace(cpus_per_task=2)) == 4
+    assert jobres.parallel_jobs(SimpleNamespace(n_jobs=3)) == 3
+    monkeypatch.setattr(jobres, "gpu_count", lambda: 0)
+    cfg = _cfg(device="cpu", resources=SimpleNamespace(slots="auto", lock_dir=str(tmp_path), cpu_slots=None,
+                                                       wait_timeout_s=1, sample_interval_s=60))
+    monkeypatch.setattr(jobres.admission, "job_signature", lambda cfg: {})
+    monkeypatch.setattr(jobres.admission, "required", lambda *a, **k: admission.Need(None, None, "none"))
+
+    (tmp_path / "job").mkdir()
+
+    def held(parallel: int):
+        with jobres.job_resources(cfg, tmp_path / "job", True, parallel, {}) as res:
+            return (res.slot.name if res.slot else None), res.threads
+
+    assert held(4) == ("cpu-0", 2)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    assert held(4) == (None, 8)
+    monkeypatch.setenv(jobres.PARALLEL_ENV, "4")
+    assert held(4) == ("cpu-0", 2)
+
+
 def test_monitor_lists_machine_and_slot_holders(tmp_path):
     pool = SlotPool(tmp_path, [], 1, 1, 2)
     slot = pool.acquire()

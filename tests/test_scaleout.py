@@ -51,5 +51,7 @@ def test_slurm_preset_asks_for_one_gpu_per_job(tmp_path, monkeypatch):
 def test_submitit_local_sweep_with_a_failing_job(tmp_path, data_root, tiny_dataset):
     """Real processes through real submitit: the raising job is recorded, the report is written,
     and the exit status says so (submitit alone would call the failed job 'completed')."""
-    sweep, _ = run_one_failing_sweep(tmp_path, data_root, "local", "resources.cpu_slots=2")
+    sweep, df = run_one_failing_sweep(tmp_path, data_root, "local")
+    # each job asked for cpus_per_task=1: the node holds all its cores' worth, 1 thread each
+    assert df.loc[1, "num_threads"] == 1 and df.loc[1, "slot"].startswith("cpu-")
     assert (sweep / ".submitit").is_dir()

@@ -1,17 +1,25 @@
 """What a cluster scheduler gave this job, for the slot pool and the thread count.
 
-The hexsweep launcher tells its jobs how many run at once; under Ray the scheduler decides,
-per task, from the resources the launcher preset asks for (``ray.remote.num_cpus``). A job
-running as a Ray task reads what it was assigned, so that its slot pool and its threads
-match what Ray packs onto the node. Ray is never imported here: a Ray worker has already
-imported it, and everywhere else this costs nothing.
+The hexsweep launcher tells its jobs how many run at once. Elsewhere a scheduler decides:
+- Ray, per task, from the resources the launcher preset asks for (``ray.remote.num_cpus``).
+  A job running as a Ray task reads what it was assigned, so that its slot pool and threads
+  match what Ray packs onto the node. Ray is never imported here: a Ray worker has already
+  imported it.
+- submitit asks for ``cpus_per_task`` per job: on one machine (submitit_local) the node holds
+  cores // cpus_per_task such jobs.
+- Slurm (a job with SLURM_JOB_ID, not started by the hexsweep launcher) has already given the
+  job its own CPUs (its affinity mask) and GPUs (CUDA_VISIBLE_DEVICES): a CPU slot would only
+  make jobs of the same node wait for each other.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
+
+PARALLEL_ENV = "HEXSWEEP_PARALLEL_JOBS"  # set by the hexsweep launcher for the jobs it forks
 
 
 @dataclass(frozen=True)
@@ -37,3 +45,8 @@ def jobs_per_node(cores: int, assignment: Assignment) -> int:
     if assignment.cpus <= 0:
         return cores  # num_cpus=0: Ray does not limit them; give each job one thread
     return max(1, math.floor(cores / assignment.cpus))
+
+
+def slurm_allocated() -> bool:
+    """A job Slurm started (not a job forked by the hexsweep launcher inside an allocation)."""
+    return "SLURM_JOB_ID" in os.environ and PARALLEL_ENV not in os.environ

@@ -13,13 +13,18 @@ from typing import Any
 
 from hexsweep.devices import usable_cores
 from hexsweep.resources import admission
-from hexsweep.resources.cluster import jobs_per_node, ray_assignment
+from hexsweep.resources.cluster import (
+    PARALLEL_ENV,
+    Assignment,
+    jobs_per_node,
+    ray_assignment,
+    slurm_allocated,
+)
 from hexsweep.resources.gpus import gpu_count, physical_indices
 from hexsweep.resources.sampler import ResourceSampler
 from hexsweep.resources.slots import Slot, SlotPool
 
 log = logging.getLogger(__name__)
-PARALLEL_ENV = "HEXSWEEP_PARALLEL_JOBS"
 
 
 @dataclass
@@ -34,11 +39,14 @@ class JobResources:
 
 def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
     """How many jobs of this sweep run at once on this machine: set by the hexsweep launcher,
-    else what Ray packs onto the node, else the launcher's n_jobs."""
+    else what Ray or submitit packs onto the node, else the launcher's n_jobs."""
     if os.environ.get(PARALLEL_ENV, "").isdigit():
         return max(1, int(os.environ[PARALLEL_ENV]))
     if (assignment := ray_assignment()) is not None:
         return jobs_per_node(usable_cores(), assignment)
+    cpus_per_task = getattr(hydra_launcher_cfg, "cpus_per_task", None) if hydra_launcher_cfg is not None else None
+    if isinstance(cpus_per_task, int) and cpus_per_task > 0:  # submitit
+        return jobs_per_node(usable_cores(), Assignment(float(cpus_per_task), 0.0))
     n = getattr(hydra_launcher_cfg, "n_jobs", None) if hydra_launcher_cfg is not None else None
     if isinstance(n, int) and n < 0:  # joblib's convention: -1 = all cores, -2 = all but one
         return max(1, usable_cores() + 1 + n)
@@ -63,8 +71,10 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
     slot: Slot | None = None
     waited = 0.0
     acquired_at = None
-    if use_slots:
-        pool = make_pool(cfg, parallel)
+    pool = make_pool(cfg, parallel) if use_slots else None
+    if pool is not None and not pool.gpus and slurm_allocated() and cfg.resources.slots == "auto":
+        pool = None  # Slurm gave this job its own cores already
+    if pool is not None:
 
         def notice(waited_s: float) -> None:
             log.warning("waiting for a free slot (pool of %d in %s) for %.0f s", pool.size,
