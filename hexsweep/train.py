@@ -236,7 +236,8 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    enter_launch_dir(hc.runtime.cwd)
+    if not hc.job.chdir:
+        enter_launch_dir(hc.runtime.cwd)
     if not multirun:
         try:
             validate(cfg)

@@ -18,10 +18,11 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from sweep_helpers import read_result, run_one_failing_sweep, sweep_cmd, sweep_dirs, wait_for
+from sweep_helpers import read_result, sweep_cmd, sweep_dirs, wait_for
 
 from hexsweep.errors import ConfigError
 from hexsweep.search.storage import open_storage
+from hexsweep.sweep.naming import host
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -47,7 +48,7 @@ def ray_head():
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
                              "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=200000000",
                              f"--temp-dir={temp}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp)
     saved = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     try:
@@ -69,16 +70,24 @@ def ray_head():
 
 
 def test_ray_sweep_records_a_failing_job_and_packs_the_node(tmp_path, data_root, tiny_dataset, ray_head):
-    """Jobs run as Ray tasks (workers started in the head's directory, not ours), yet write into
-    our sweep folder; the raising job is recorded and aggregated; each task's 1 assigned CPU
-    becomes a 2-slot pool of 1-thread jobs on this 2-core node."""
-    sweep, df = run_one_failing_sweep(tmp_path, data_root, "ray_cluster", "hydra.launcher.ray.remote.num_gpus=0",
-                                      "hydra.launcher.ray.remote.num_cpus=1")
-    assert sweep.is_relative_to(tmp_path)
+    """Jobs run as Ray tasks in workers started in the head's directory, yet a relative
+    ``paths.outputs`` means the driver's folder; the raising job is recorded and aggregated;
+    each task's 1 assigned CPU makes a 2-slot pool of 1-thread jobs on this 2-core node."""
+    cmd = [c for c in sweep_cmd(Path("out"), data_root, *CPU_CLUSTER, "fault.raise_at_epoch=1,99")
+           if c != "hydra.launcher.progress=off"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "hexsweep: 1 of 2 jobs failed: 0 (fault.raise_at_epoch=1): failed: InjectedFault" in out.stderr
+    sweep = sweep_dirs(tmp_path / "out")[0]
+    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
+    assert df.loc[0, "status"] == "failed" and df.loc[1, "status"] == "completed"
+    assert "InjectedFault" in (sweep / "0" / "error.txt").read_text()
     assert df.loc[1, "num_threads"] == 1 and df.loc[1, "slot"] in ("cpu-0", "cpu-1")
     assert df.loc[1, "host"] == socket.gethostname()
     record = read_result(sweep / "1")
-    assert record["pid"] != os.getpid() and Path(record["config"]["resources"]["lock_dir"]).is_relative_to(tmp_path)
+    assert record["pid"] != os.getpid()
+    assert record["config"]["resources"]["lock_dir"] == f"out/.locks/{host()}"
+    assert (tmp_path / "out" / ".locks" / host() / "cpu-0.lock").is_file()  # relative to the driver's cwd
 
 
 def test_the_stock_ray_launcher_joins_a_running_cluster(tmp_path, data_root, tiny_dataset, ray_head):
@@ -144,16 +153,26 @@ def test_bad_values_stop_a_ray_sweep_before_it_reaches_the_cluster(tmp_path, dat
 def test_ray_options_carry_the_storage_and_join_an_existing_cluster(monkeypatch):
     from omegaconf import OmegaConf
 
-    from hexsweep.sweep.ray_jobs import concurrent_tasks, init_options, remote_options
+    from hexsweep.sweep.ray_options import concurrent_tasks, init_options, remote_options
 
+    for key in [k for k in os.environ if k.startswith("HEXSWEEP_") or k == "RAY_ADDRESS"]:
+        monkeypatch.delenv(key)
     monkeypatch.setenv("HEXSWEEP_OPTUNA_STORAGE", "postgresql://u:secret@db/x")
     monkeypatch.setenv("HEXSWEEP_PARALLEL_JOBS", "8")  # this machine's, not the nodes'
     remote = remote_options(OmegaConf.create({"num_gpus": 1, "runtime_env": {"env_vars": {"A": "1"}}}))
     assert remote.runtime_env.env_vars == {"HEXSWEEP_OPTUNA_STORAGE": "postgresql://u:secret@db/x", "A": "1"}
     assert init_options(OmegaConf.create({"address": "auto"})) == {"address": "auto", "object_store_memory": None}
     assert "object_store_memory" not in init_options(OmegaConf.create({"address": None}))
-    assert concurrent_tasks({"CPU": 16.0, "GPU": 2.0}, remote, 10) == 2
-    assert concurrent_tasks({"CPU": 2.0}, OmegaConf.create({"num_cpus": 1, "num_gpus": 0}), 10) == 2
-    with pytest.raises(ConfigError, match=r"^hydra.launcher.ray.remote.num_gpus=1 is more than the Ray cluster "
-                                          r"has: allowed at most 0 \(GPU in the cluster now: 0\)$"):
-        concurrent_tasks({"CPU": 2.0}, OmegaConf.create({"num_cpus": 1, "num_gpus": 1}), 10)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # joining through the environment only
+    assert init_options(OmegaConf.create({"address": None})).object_store_memory is None
+
+    def node(cpu, gpu=0.0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpu, "GPU": gpu}}
+
+    assert concurrent_tasks([node(16, 2), node(16, 2), node(64, 8, alive=False)], remote, 10) == 4
+    assert concurrent_tasks([node(2)], OmegaConf.create({"num_cpus": None, "num_gpus": 0}), 10) == 2
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.ray.remote.num_gpus=1 is more than any Ray node "
+                                          r"has: allowed at most 0 \(the largest node's GPU\)$"):
+        concurrent_tasks([node(2)], OmegaConf.create({"num_cpus": 1, "num_gpus": 1}), 10)
+    with pytest.raises(ConfigError, match="no Ray node has num_cpus=8, num_gpus=1 at once"):
+        concurrent_tasks([node(8), node(2, 1)], OmegaConf.create({"num_cpus": 8, "num_gpus": 1}), 10)

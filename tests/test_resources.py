@@ -109,21 +109,26 @@ def test_gpu_slots_give_each_job_its_own_device(two_gpus, tmp_path):
     assert cpu_pool.size == 3 and cpu_pool.gpus == []
 
 
-def test_gpu_slots_are_named_by_the_physical_gpu(monkeypatch, tmp_path):
+def test_gpu_slots_are_named_by_the_gpu_itself(monkeypatch, tmp_path):
     """Ray and Slurm show each job only its own GPU, as cuda:0: the lock names must still tell
-    GPU 3 from GPU 5, or two jobs on different GPUs would wait for each other."""
+    GPU 3 from GPU 5 (by UUID), or two jobs on different GPUs would wait for each other."""
+    uuids = [f"GPU-{i}a{i}b{i}c{i}d-0000-0000-0000-00000000000{i}" for i in range(8)]
+    fake = SimpleNamespace(nvmlDeviceGetCount=lambda: 8, NVMLError=RuntimeError,
+                           nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetUUID=lambda h: uuids[h])
     monkeypatch.setattr(gpus, "_init", lambda: True)
-    monkeypatch.setattr(gpus, "pynvml", SimpleNamespace(nvmlDeviceGetCount=lambda: 8, NVMLError=RuntimeError))
+    monkeypatch.setattr(gpus, "pynvml", fake)
     monkeypatch.setattr(jobres, "gpu_count", lambda: 1)
     cfg = _cfg(slots_per_gpu=1, resources=SimpleNamespace(lock_dir=str(tmp_path), cpu_slots=None))
     held = []
-    for visible in ("3", "5"):
+    for visible in ("3", "GPU-5a5b"):  # an index, and a UUID prefix as CUDA accepts
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        assert gpus.physical_indices() == {0: int(visible)}
         held.append(jobres.make_pool(cfg, 1).try_acquire())
-    assert [(s.name, s.device()) for s in held] == [("gpu3-0", "cuda:0"), ("gpu5-0", "cuda:0")]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert [(s.name, s.device()) for s in held] == [("gpu-3a3b3c3d-0", "cuda:0"), ("gpu-5a5b5c5d-0", "cuda:0")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuids[3])
+    assert gpus.visible_indices(8) == [3]
     assert jobres.make_pool(cfg, 1).try_acquire() is None  # GPU 3's one slot is taken
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-")  # ambiguous prefix: CUDA stops there
+    assert gpus.visible_indices(8) == []
     for s in held:
         s.release()
 
@@ -174,7 +179,8 @@ def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
 def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_path):
     """submitit's cpus_per_task sets the node's pool; a Slurm job (its cores are its own) takes
     no CPU slot, unless the hexsweep launcher forked it inside an allocation."""
-    monkeypatch.delenv(jobres.PARALLEL_ENV, raising=False)
+    for key in (jobres.PARALLEL_ENV, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)  # the test may itself run inside a Slurm job
     monkeypatch.setattr(jobres, "usable_cores", lambda: 8)
     assert jobres.parallel_jobs(SimpleNamespace(cpus_per_task=2)) == 4
     assert jobres.parallel_jobs(SimpleNamespace(n_jobs=3)) == 3
@@ -192,8 +198,12 @@ def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_pat
 
     assert held(4) == ("cpu-0", 2)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
-    assert held(4) == (None, 8)
-    monkeypatch.setenv(jobres.PARALLEL_ENV, "4")
+    assert held(4) == ("cpu-0", 2)  # inside an allocation, but not a job submitit sent to Slurm
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert held(4) == (None, 2)  # Slurm's job: no slot; its cores (8 here) shared as for 4 jobs
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert held(4) == (None, 3)
+    monkeypatch.setenv(jobres.PARALLEL_ENV, "4")  # forked by the hexsweep launcher in an allocation
     assert held(4) == ("cpu-0", 2)
 
 

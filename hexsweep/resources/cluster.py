@@ -48,5 +48,14 @@ def jobs_per_node(cores: int, assignment: Assignment) -> int:
 
 
 def slurm_allocated() -> bool:
-    """A job Slurm started (not a job forked by the hexsweep launcher inside an allocation)."""
-    return "SLURM_JOB_ID" in os.environ and PARALLEL_ENV not in os.environ
+    """A job that submitit submitted to Slurm, not a job forked by the hexsweep launcher inside
+    an allocation, nor a Ray task on a Ray cluster that runs on top of Slurm."""
+    return (os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+            and PARALLEL_ENV not in os.environ and ray_assignment() is None)
+
+
+def slurm_cpus() -> int | None:
+    """The CPUs Slurm gave this task (SLURM_CPUS_PER_TASK), which holds even on clusters that
+    do not pin tasks to their cores."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

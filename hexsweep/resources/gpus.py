@@ -35,29 +35,53 @@ def _init() -> bool:
         return False
 
 
+def _uuids() -> list[str]:
+    """UUID of each GPU, by NVML index ([] if NVML cannot say)."""
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+            out.append(uuid.decode() if isinstance(uuid, bytes) else uuid)
+        return out
+    except pynvml.NVMLError:
+        return []
+
+
 def visible_indices(count: int) -> list[int]:
-    """NVML indices of the GPUs this process may use (honours CUDA_VISIBLE_DEVICES of numbers)."""
+    """NVML indices of the GPUs this process may use, in CUDA's order (honours
+    CUDA_VISIBLE_DEVICES of numbers and of GPU UUIDs or their unique prefixes, as CUDA does)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return list(range(count))
+    uuids: list[str] | None = None
     out = []
     for part in visible.split(","):
         part = part.strip()
         if part.isdigit() and int(part) < count:
             out.append(int(part))
-        else:
-            break  # CUDA stops at the first invalid entry; UUIDs are not mapped here
+            continue
+        if part.startswith("GPU-"):
+            uuids = _uuids() if uuids is None else uuids
+            matches = [i for i, u in enumerate(uuids) if u.startswith(part)]
+            if len(matches) == 1:
+                out.append(matches[0])
+                continue
+        break  # CUDA stops at the first invalid entry (MIG instances are not mapped here)
     return out
 
 
-def physical_indices() -> dict[int, int]:
-    """CUDA index in this process -> NVML index of the same GPU."""
+def slot_keys() -> dict[int, str]:
+    """CUDA index in this process -> what names that GPU in slot lock files: a prefix of its
+    UUID. Not the index: Ray and Slurm show each job its GPU as cuda:0, and under Slurm's
+    device cgroups NVML numbers a job's GPUs from 0 as well."""
     if not _init():
         return {}
+    uuids = _uuids()
     try:
-        return dict(enumerate(visible_indices(pynvml.nvmlDeviceGetCount())))
+        indices = visible_indices(pynvml.nvmlDeviceGetCount())
     except pynvml.NVMLError:
         return {}
+    return {cuda: uuids[nvml].removeprefix("GPU-")[:8] for cuda, nvml in enumerate(indices) if nvml < len(uuids)}
 
 
 def gpu_count() -> int:

@@ -19,8 +19,9 @@ from hexsweep.resources.cluster import (
     jobs_per_node,
     ray_assignment,
     slurm_allocated,
+    slurm_cpus,
 )
-from hexsweep.resources.gpus import gpu_count, physical_indices
+from hexsweep.resources.gpus import gpu_count, slot_keys
 from hexsweep.resources.sampler import ResourceSampler
 from hexsweep.resources.slots import Slot, SlotPool
 
@@ -60,7 +61,7 @@ def make_pool(cfg: Any, parallel: int) -> SlotPool:
         gpus = [int(str(cfg.device).split(":")[1])]
     return SlotPool(Path(cfg.resources.lock_dir).resolve(), gpus, cfg.slots_per_gpu,
                     cfg.resources.cpu_slots or parallel, usable_cores(),
-                    physical_indices() if gpus else {})
+                    slot_keys() if gpus else {})
 
 
 @contextlib.contextmanager
@@ -72,7 +73,8 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
     waited = 0.0
     acquired_at = None
     pool = make_pool(cfg, parallel) if use_slots else None
-    if pool is not None and not pool.gpus and slurm_allocated() and cfg.resources.slots == "auto":
+    slurm = slurm_allocated()
+    if pool is not None and not pool.gpus and slurm and cfg.resources.slots == "auto":
         pool = None  # Slurm gave this job its own cores already
     if pool is not None:
 
@@ -88,6 +90,11 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
         if slot is not None and slot.kind == "gpu" and cfg.device in ("auto", "cuda"):
             device = slot.device()
         threads = slot.threads if slot is not None else usable_cores()
+        # a GPU slot's share of the cores assumes this machine's pool; a scheduler may pack
+        # more jobs per node than GPU slots (Ray: num_cpus per task), so never exceed that share
+        threads = min(threads, max(1, usable_cores() // max(1, parallel)))
+        if slurm and (cpus := slurm_cpus()):
+            threads = cpus
         gpu_index = slot.index if slot is not None and slot.kind == "gpu" else None
         need = admission.required(cfg, job_dir.parent if in_sweep else None,
                                   admission.job_signature(cfg), on_gpu=gpu_index is not None)

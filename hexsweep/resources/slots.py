@@ -8,9 +8,9 @@ side share the GPUs instead of both starting on GPU 0.
 
 - GPU slots: ``gpu<i>-<k>.lock`` for GPU i and k < slots_per_gpu; the job trains on
   ``torch.device("cuda", i)`` (an explicit device: CUDA_VISIBLE_DEVICES is read once per
-  process and cannot move a job to another GPU). The lock name uses the GPU's NVML (physical)
-  index: Ray and Slurm hide all but the assigned GPU from a job, so two jobs both see their
-  GPU as ``cuda:0`` while holding different GPUs.
+  process and cannot move a job to another GPU). Where NVML gives the GPU's UUID, the lock is
+  ``gpu-<uuid prefix>-<k>.lock`` instead: Ray and Slurm hide all but the assigned GPU from a
+  job, so two jobs both see their GPU as ``cuda:0`` while holding different GPUs.
 - CPU slots (no GPU, or device=cpu): ``cpu-<k>.lock`` for k < the pool size (the sweep's
   number of parallel jobs); each job sets ``torch.set_num_threads(cores // pool size)``
   so the parallel jobs together use the cores without oversubscription.
@@ -83,10 +83,12 @@ class SlotPool:
     slots_per_gpu: int
     cpu_slots: int
     cores: int
-    physical: dict[int, int] = field(default_factory=dict)  # CUDA index -> NVML index, for names
+    gpu_keys: dict[int, str] = field(default_factory=dict)  # CUDA index -> UUID prefix, for names
 
     def slot_name(self, kind: str, index: int, share: int) -> str:
-        return f"gpu{self.physical.get(index, index)}-{share}" if kind == "gpu" else f"cpu-{share}"
+        if kind == "cpu":
+            return f"cpu-{share}"
+        return f"gpu-{self.gpu_keys[index]}-{share}" if index in self.gpu_keys else f"gpu{index}-{share}"
 
     def candidates(self) -> list[tuple[str, int, int]]:
         if self.gpus:

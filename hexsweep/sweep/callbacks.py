@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
 
 from hexsweep.sweep.aggregate import OK, aggregate
+from hexsweep.sweep.ray_options import fix_stock_ray_init
 from hexsweep.sweep.report import write_report
 
 log = logging.getLogger(__name__)
@@ -44,23 +45,6 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
     if (line := failure_line(summary)) and not interrupted:
         print(f"hexsweep: {line}", file=sys.stderr, flush=True)
     return summary
-
-
-STOCK_RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
-
-
-def fix_stock_ray_init(config: DictConfig) -> None:
-    """``hydra/launcher=ray hydra.launcher.ray.init.address=auto`` fails as shipped:
-    hydra-ray-launcher 1.2.2 adds ``object_store_memory`` to ray.init unless the key is set,
-    and Ray refuses it when connecting to a running cluster. Setting it to null first is the
-    documented workaround; done here because this callback runs before the launcher is built."""
-    launcher = config.hydra.launcher
-    if launcher.get("_target_") != STOCK_RAY_LAUNCHER:
-        return
-    init = launcher.ray.init
-    if init.get("address") and "object_store_memory" not in init:
-        with read_write(init), open_dict(init):
-            init.object_store_memory = None
 
 
 class SweepReport(Callback):

@@ -43,7 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.errors import HydraException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hexsweep.atomic import atomic_write_json, atomic_write_text
@@ -119,6 +119,8 @@ def job_return(cfg: DictConfig, job_dir: Path, record: dict | None) -> JobReturn
     value = math.nan
     if record and record.get("status") in ("completed", "pruned"):
         value = (record.get("objective") or {}).get("value", math.nan)
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(job_dir)  # where sweepers look for the job's folder
     ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=cfg, hydra_cfg=cfg,
                     working_dir=str(job_dir), task_name=cfg.hydra.job.name,
                     status=JobStatus.COMPLETED)

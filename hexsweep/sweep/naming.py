@@ -24,11 +24,12 @@ from omegaconf import OmegaConf
 
 
 def _tag() -> str:
-    return f"{host()}-{os.getpid()}"
+    return f"{host()[:16]}-{os.getpid()}"
 
 
 def host() -> str:
-    return socket.gethostname().split(".")[0][:16] or "host"
+    """The short host name, whole: lock folders of nodes must differ (node-00123 vs node-00124)."""
+    return socket.gethostname().split(".")[0] or "host"
 
 
 def launch_dir() -> str:
