@@ -176,3 +176,17 @@ def test_ray_options_carry_the_storage_and_join_an_existing_cluster(monkeypatch)
         concurrent_tasks([node(2)], OmegaConf.create({"num_cpus": 1, "num_gpus": 1}), 10)
     with pytest.raises(ConfigError, match="no Ray node has num_cpus=8, num_gpus=1 at once"):
         concurrent_tasks([node(8), node(2, 1)], OmegaConf.create({"num_cpus": 8, "num_gpus": 1}), 10)
+
+
+def test_ray_cluster_sizes_optuna_batches_from_the_cluster(ray_head):
+    import ray
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hexsweep_launcher.ray_launcher import HexsweepRayLauncher
+
+    launcher = HexsweepRayLauncher(ray=OmegaConf.create({"init": {"address": "auto"},
+                                                         "remote": {"num_cpus": 1, "num_gpus": 0}}))
+    try:
+        assert launcher.concurrency() == 2  # the head's 2 CPUs, 1 a task
+    finally:
+        ray.shutdown()

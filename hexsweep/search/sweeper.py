@@ -300,6 +300,9 @@ class OptunaSearch:
             raise SystemExit(1)
 
     def launcher_n_jobs(self) -> int | None:
+        """Trials at once as the launcher sees it: its n_jobs, or what its cluster holds (Ray)."""
+        if hasattr(self.launcher, "concurrency"):
+            return int(self.launcher.concurrency())
         n = getattr(self.launcher, "params", {}).get("n_jobs") if hasattr(self.launcher, "params") else None
         return n if isinstance(n, int) and n > 0 else None
 

@@ -66,6 +66,15 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return [returns[num] for num in sorted(returns)]
 
 
+def cluster_concurrency(launcher: Any) -> int:
+    """How many of this launcher's tasks the cluster runs at once: the Optuna sweeper's batch size."""
+    start_ray(init_options(launcher.ray_cfg.init))
+    try:
+        return concurrent_tasks(ray.nodes(), remote_options(launcher.ray_cfg.remote), 1024)
+    except ConfigError as e:
+        fail(str(e))
+
+
 def collect(ref: Any, cfg: DictConfig, job_dir: Path) -> JobReturn:
     """The job's return; a ``crashed`` record when Ray lost the task (its worker or node died).
 

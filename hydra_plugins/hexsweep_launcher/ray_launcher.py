@@ -33,6 +33,12 @@ class HexsweepRayLauncher(Launcher):
 
         memoize_sweep_configs(hydra_context.config_loader)
 
+    def concurrency(self) -> int:
+        """Tasks the cluster runs at once (connects to it)."""
+        from hexsweep.sweep import ray_jobs
+
+        return ray_jobs.cluster_concurrency(self)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import ray_jobs
 
