@@ -32,7 +32,11 @@ ConfigStore.instance().store(group="hydra/launcher", name="hexsweep", node=Hexsw
                              provider="hexsweep")
 
 
-class HexsweepLauncher(Launcher):
+class JobConfigLauncher(Launcher):
+    """What hexsweep's launchers share: the setup, and composing each job's config once (the
+    sweeper's validation pass and the launcher share it). ``launch`` stays abstract, so Hydra's
+    plugin scan does not take this class for a launcher."""
+
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.config: DictConfig | None = None
@@ -45,6 +49,9 @@ class HexsweepLauncher(Launcher):
         from hexsweep.sweep.launcher import memoize_sweep_configs
 
         memoize_sweep_configs(hydra_context.config_loader)
+
+
+class HexsweepLauncher(JobConfigLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import launcher

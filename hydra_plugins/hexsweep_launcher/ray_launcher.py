@@ -13,25 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.utils import JobReturn
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hydra_plugins.hexsweep_launcher.launcher import JobConfigLauncher
 
-class HexsweepRayLauncher(Launcher):
+
+class HexsweepRayLauncher(JobConfigLauncher):
     def __init__(self, ray: DictConfig, **params: Any) -> None:
+        super().__init__(**params)
         self.ray_cfg = ray
-        self.params = params
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
-        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
-        from hexsweep.sweep.launcher import memoize_sweep_configs
-
-        memoize_sweep_configs(hydra_context.config_loader)
 
     def concurrency(self) -> int:
         """Tasks the cluster runs at once (connects to it)."""
