@@ -45,10 +45,10 @@ def parallel_jobs(hydra_launcher_cfg: Any | None = None) -> int:
         return max(1, int(os.environ[PARALLEL_ENV]))
     if (assignment := ray_assignment()) is not None:
         return jobs_per_node(usable_cores(), assignment)
-    cpus_per_task = getattr(hydra_launcher_cfg, "cpus_per_task", None) if hydra_launcher_cfg is not None else None
+    cpus_per_task = getattr(hydra_launcher_cfg, "cpus_per_task", None)
     if isinstance(cpus_per_task, int) and cpus_per_task > 0:  # submitit
         return jobs_per_node(usable_cores(), Assignment(float(cpus_per_task), 0.0))
-    n = getattr(hydra_launcher_cfg, "n_jobs", None) if hydra_launcher_cfg is not None else None
+    n = getattr(hydra_launcher_cfg, "n_jobs", None)
     if isinstance(n, int) and n < 0:  # joblib's convention: -1 = all cores, -2 = all but one
         return max(1, usable_cores() + 1 + n)
     return n if isinstance(n, int) and n > 0 else 1

@@ -113,6 +113,17 @@ def _job_process(hydra_context: Any, task_function: Any, config: DictConfig,
     os._exit(0 if ret.status == JobStatus.COMPLETED else 1)
 
 
+def compose_job(hydra_context: Any, master: DictConfig, sweep_dir: Path, overrides: Sequence[str],
+                num: int) -> DictConfig:
+    """Job ``num``'s config, in the sweep folder resolved once by the driver."""
+    cfg = hydra_context.config_loader.load_sweep_config(master, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
+        cfg.hydra.job.num = num
+        cfg.hydra.sweep.dir = str(sweep_dir)  # one folder for all jobs (its name holds a time)
+    return cfg
+
+
 def job_return(cfg: DictConfig, job_dir: Path, record: dict | None) -> JobReturn:
     """What Hydra gets back for a job: always COMPLETED (the folder holds the truth), with the
     objective, or NaN for a job that did not complete."""
@@ -166,12 +177,7 @@ class JobRunner:
                                       enabled)
 
     def job_config(self, overrides: Sequence[str], num: int) -> DictConfig:
-        cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
-            cfg.hydra.job.num = num
-            cfg.hydra.sweep.dir = str(self.sweep_dir)  # one folder for all jobs, resolved once
-        return cfg
+        return compose_job(self.launcher.hydra_context, self.config, self.sweep_dir, overrides, num)
 
     def submit(self, cfg: DictConfig) -> Future:
         return self.pool.submit(self._run, cfg)

@@ -8,7 +8,7 @@ jobs of a sweep resolve the same name.
 
 ``${hexsweep_host:}`` is the short host name of the process that resolves it, uncached: the
 slot lock folder is per host, so jobs on two nodes of a cluster that share the outputs root
-never contend for each other's ``gpu0-0``.
+never contend for each other's slots.
 
 ``${hexsweep_abspath:<path>}`` anchors a relative path at the directory the run was started
 from (Hydra's ``hydra.runtime.cwd``, which Hydra copies into every job's config). Ray and

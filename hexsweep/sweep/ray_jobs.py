@@ -17,11 +17,11 @@ import ray
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from hexsweep.cli import fail
 from hexsweep.errors import ConfigError
-from hexsweep.sweep.launcher import job_return, record_death, validate_all, write_manifest
+from hexsweep.sweep.launcher import compose_job, job_return, record_death, validate_all, write_manifest
 from hexsweep.sweep.ray_options import concurrent_tasks, init_options, remote_options
 
 log = logging.getLogger(__name__)
@@ -34,20 +34,11 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
 
     def job_config(overrides: Sequence[str], num: int) -> DictConfig:
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}"
-            cfg.hydra.job.num = num
-            cfg.hydra.sweep.dir = str(sweep_dir)  # one folder for all jobs, resolved once here
-        return cfg
+        return compose_job(launcher.hydra_context, config, sweep_dir, overrides, num)
 
     configs = validate_all(job_config, job_overrides, initial_job_idx)  # before touching the cluster
     remote = remote_options(launcher.ray_cfg.remote)
-    start_ray(init_options(launcher.ray_cfg.init))
-    try:
-        at_once = concurrent_tasks(ray.nodes(), remote, len(configs))
-    except ConfigError as e:
-        fail(str(e))
+    at_once = cluster_concurrency(launcher, len(configs))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep_dir, configs, at_once)
     log.info("Ray launcher: %d jobs, about %d at once on %s, sweep folder %s", len(configs), at_once,
@@ -66,11 +57,12 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return [returns[num] for num in sorted(returns)]
 
 
-def cluster_concurrency(launcher: Any) -> int:
-    """How many of this launcher's tasks the cluster runs at once: the Optuna sweeper's batch size."""
+def cluster_concurrency(launcher: Any, jobs: int = 1024) -> int:
+    """How many of this launcher's tasks (at most ``jobs``) the cluster runs at once; connects
+    to it first. One line and exit 2 when no node can hold one."""
     start_ray(init_options(launcher.ray_cfg.init))
     try:
-        return concurrent_tasks(ray.nodes(), remote_options(launcher.ray_cfg.remote), 1024)
+        return concurrent_tasks(ray.nodes(), remote_options(launcher.ray_cfg.remote), jobs)
     except ConfigError as e:
         fail(str(e))
 
