@@ -28,7 +28,7 @@ import numpy as np
 from filelock import FileLock
 from tqdm import tqdm
 
-from hexsweep.data.shards import FORMAT_VERSION, Game, read_meta, write_dataset
+from hexsweep.data.shards import FORMAT_VERSION, Game, check_replaceable, read_meta, write_dataset
 from hexsweep.hex.board import BLACK, WHITE, Board
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
 
@@ -142,15 +142,23 @@ def split_games(num_games: int, val_fraction: float, seed: int) -> set[int]:
     return set(rng.permutation(num_games)[:n_val].tolist())
 
 
+# how a user gets past a folder that write_dataset refuses to replace (there is no --force here)
+MOVE_IT = "move it away, or set data.path or paths.data to another folder"
+
+
 def generate(data_cfg: Any, folder: Path, workers: int | None = None, progress: bool = True) -> dict:
-    """Generate the dataset of ``data_cfg`` into ``folder``; returns its meta."""
+    """Generate the dataset of ``data_cfg`` into ``folder``; returns its meta.
+
+    ``folder`` may be new, empty or an earlier dataset (replaced whole); anything else is a DataError.
+    """
+    check_replaceable(folder, override=MOVE_IT)  # before minutes of self-play
     settings = GeneratorSettings.from_config(data_cfg)
     workers = workers or data_cfg.get("workers") or default_workers()
     log.info("generating %s into %s with %d processes", data_cfg.name, folder, workers)
     games = generate_games(settings, workers, progress)
     val = split_games(len(games), settings.val_fraction, settings.seed)
     source = {"generator": "shortest_path_selfplay", "settings": asdict(settings)}
-    return write_dataset(folder, settings.board_size, games, val, source, settings.shard_size)
+    return write_dataset(folder, settings.board_size, games, val, source, settings.shard_size, override=MOVE_IT)
 
 
 def default_workers() -> int:
@@ -177,11 +185,11 @@ def ensure_dataset(data_cfg: Any, data_root: str | os.PathLike, workers: int | N
 
 
 def main() -> None:
-    from hexsweep.cli import compose_from_argv
+    from hexsweep.cli import compose_from_argv, run_cli
 
     cfg = compose_from_argv("hexsweep.data.generate")
     folder = dataset_folder(cfg.data, cfg.paths.data)
-    meta = generate(cfg.data, folder, progress=True)
+    meta = run_cli(lambda: generate(cfg.data, folder, progress=True))
     splits = meta["splits"]
     print(f"wrote {folder}: train {splits['train']['positions']} positions "
           f"({splits['train']['games']} games), val {splits['val']['positions']} positions "

@@ -15,6 +15,11 @@ game goes on after someone connected, the declared winner contradicts a finished
 board, or its board size differs from the import's (``--board-size``, default: the first
 valid line's). The result is a dataset folder in the shard format of
 hexsweep/data/shards.py; train with ``data.path=<DIR> data.board_size=<n>``.
+
+``--out`` may name a new folder, an empty one or an earlier hexsweep dataset (recognised by
+its meta.json), which is replaced whole once the new one is complete. Any other existing
+folder is refused unless ``--force`` is given; a folder that is or holds an input is never
+replaced.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hexsweep.cli import fail
 from hexsweep.data.generate import split_games
-from hexsweep.data.shards import Game, write_dataset
+from hexsweep.data.shards import Game, check_replaceable, write_dataset
 from hexsweep.errors import DataError, HexsweepError, IllegalMoveError
 from hexsweep.hex.board import MAX_SIZE, MIN_SIZE, Board
 
@@ -128,14 +134,22 @@ def read_games(files: list[Path], board_size: int | None, strict: bool) -> Impor
 
 
 def import_trmph(paths: list[str], out: Path, board_size: int | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, strict: bool = False, shard_size: int = 100_000) -> tuple[dict, ImportReport]:
-    report = read_games(trmph_files(paths), board_size, strict)
+                 seed: int = 0, strict: bool = False, shard_size: int = 100_000,
+                 force: bool = False) -> tuple[dict, ImportReport]:
+    """Import ``paths`` into the dataset folder ``out`` (replaced only as shards.check_replaceable allows)."""
+    files = trmph_files(paths)
+    protect = [Path(p) for p in paths] + files  # the inputs are never deleted, not even with force
+    check_replaceable(out, force, protect)  # before the parsing work
+    report = read_games(files, board_size, strict)
     if not report.games:
         raise DataError(f"no valid game in {report.lines} records ({len(report.skipped)} malformed)")
+    if len(report.games) < 2:
+        raise DataError(f"only 1 valid game in {report.lines} records: a dataset needs at least 2 "
+                        "(one for each of the train and val splits)")
     val = split_games(len(report.games), val_fraction, seed)
     source = {"source": "trmph", "files": [str(p) for p in paths], "records": report.lines,
               "skipped": len(report.skipped), "val_fraction": val_fraction, "seed": seed}
-    meta = write_dataset(out, report.board_size, report.games, val, source, shard_size)
+    meta = write_dataset(out, report.board_size, report.games, val, source, shard_size, force, protect)
     return meta, report
 
 
@@ -148,15 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="reject the import at the first bad line")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even if it is an existing folder that is not a hexsweep dataset")
     args = parser.parse_args(argv)
-    if not 0 < args.val_fraction < 1:
-        parser.error(f"--val-fraction {args.val_fraction} is invalid: allowed a number in (0, 1)")
+    if not 0 < args.val_fraction <= 0.5:
+        parser.error(f"--val-fraction {args.val_fraction} is invalid: allowed a number in (0, 0.5]")
     try:
         meta, report = import_trmph(args.paths, args.out.resolve(), args.board_size, args.val_fraction,
-                                    args.seed, args.strict)
+                                    args.seed, args.strict, force=args.force)
     except HexsweepError as e:
-        print(f"hexsweep: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
     if report.skipped:
         shown = "\n  ".join(report.skipped[:5])
         more = f"\n  ... and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""

@@ -1,0 +1,115 @@
+"""Hostile input must not delete, corrupt or crash (issue 12): dataset folders, meta.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hexsweep.cli import compose
+from hexsweep.data.generate import generate
+from hexsweep.data.import_trmph import import_trmph
+from hexsweep.data.shards import read_meta
+from hexsweep.errors import DataError
+
+GAMES = """\
+http://www.trmph.com/hex/board#5,a1b1a2b2a3b3a4b4a5 1
+http://www.trmph.com/hex/board#5,c3a1b1a2b2a3b3a4b4a5 2
+http://www.trmph.com/hex/board#5,c3d3c4d4c5d5c2d2c1 1
+"""
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def import_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hexsweep.data.import_trmph", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def games(tmp_path) -> Path:
+    folder = tmp_path / "games"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "g.trmph").write_text(GAMES)
+    (folder / "notes" / "README.txt").write_text("my notes\n")
+    return folder
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_import_into_its_own_input_folder_deletes_nothing(games, force):
+    before = snapshot(games.parent)
+    out = import_cli(str(games), "--out", str(games), *(["--force"] if force else []))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hexsweep: error: ") and str(games) in lines[0], out.stderr
+    assert "not even with --force" in lines[0]
+    assert snapshot(games.parent) == before
+    assert sorted(p.name for p in games.parent.iterdir()) == ["games"]  # no temp folder left beside it
+
+
+def test_import_refuses_a_folder_that_is_not_a_dataset_unless_forced(games, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious\n")
+    out = import_cli(str(games), "--out", str(other))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hexsweep: error: {other} exists and is not a hexsweep dataset")
+    assert "--force overrides" in lines[0]
+    assert (other / "keep.txt").read_text() == "precious\n"
+    forced = import_cli(str(games), "--out", str(other), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not (other / "keep.txt").exists() and read_meta(other)["splits"]["train"]["games"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["games", "other"]
+    assert snapshot(games) == {"g.trmph": GAMES.encode(), "notes/README.txt": b"my notes\n"}
+
+
+def test_import_replaces_an_earlier_dataset_whole(games, tmp_path):
+    out = tmp_path / "ds"
+    import_trmph([str(games)], out, seed=0)
+    (out / "stray.txt").write_text("left by hand\n")
+    meta, _ = import_trmph([str(games)], out, seed=7)  # a dataset (meta.json): replaced without --force
+    assert read_meta(out)["source"]["seed"] == 7 and meta["source"]["seed"] == 7
+    assert not (out / "stray.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "games"]  # no temp or old folder left
+
+
+def test_import_never_replaces_a_dataset_that_holds_its_input(games, tmp_path):
+    out = tmp_path / "ds"
+    import_trmph([str(games)], out)
+    (out / "more.trmph").write_text(GAMES)
+    with pytest.raises(DataError, match="is or holds the input"):
+        import_trmph([str(games), str(out / "more.trmph")], out, force=True)
+    assert (out / "more.trmph").read_text() == GAMES
+
+
+def test_generate_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    data = compose(["data=tiny", "data.num_positions=100"]).data
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work\n")
+    with pytest.raises(DataError, match="is not a hexsweep dataset") as err:
+        generate(data, folder, workers=1, progress=False)
+    assert "\n" not in str(err.value) and "--force" not in str(err.value)
+    assert (folder / "thesis.tex").read_text() == "years of work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    folder.joinpath("thesis.tex").unlink()  # an empty folder is fine
+    assert generate(data, folder, workers=1, progress=False)["board_size"] == 5
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"[]", "holds a JSON list, not an object"),
+    (b"\xff\xfe\x00garbage", "is not UTF-8 text"),
+    (b'{"format_version": 1, "board_size": 5, "splits": []}', "is malformed"),
+    (b'{"format_version": 1, "board_size": 5, "splits": {"train": {"positions": 3}}}', "is malformed"),
+])
+def test_malformed_meta_json_is_one_line_naming_the_file(tmp_path, content, reason):
+    (tmp_path / "meta.json").write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_meta(tmp_path)
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "meta.json")) and reason in message and "\n" not in message
