@@ -4,17 +4,76 @@ The YAML files in conf/ fill these dataclasses; OmegaConf type-checks every over
 against them (``batch_size=abc`` fails with the key named). Value ranges are checked by
 ``validate`` before any work starts, with one line naming the key, the value and what is
 allowed.
+
+Every numeric key (int, float, a list of them; optionally null) declares its range where it
+is defined, with ``ranged(default, gt=/ge=/lt=/le=)``; ``validate`` checks them all, and
+rejects NaN and infinity in every float. tests/test_config_ranges.py walks the schema and
+fails on a numeric key without a range.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import types
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from hexsweep.errors import ConfigError
+from hexsweep.hex.board import MAX_SIZE, MIN_SIZE
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: optional bounds; ``allowed`` rewords the message."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    allowed: str | None = None
+
+    def accepts(self, x: float) -> bool:
+        return ((self.gt is None or x > self.gt) and (self.ge is None or x >= self.ge)
+                and (self.lt is None or x < self.lt) and (self.le is None or x <= self.le))
+
+    def describe(self, integer: bool, plural: bool = False) -> str:
+        if self.allowed:
+            return self.allowed
+        kind = ("integers" if plural else "an integer") if integer else ("numbers" if plural else "a number")
+        lo = self.ge if self.ge is not None else self.gt
+        hi = self.le if self.le is not None else self.lt
+        if lo is not None and hi is not None:
+            if integer and self.ge is not None and self.le is not None:
+                return f"{kind} in {lo:g}..{hi:g}"
+            return f"{kind} in {'[' if self.ge is not None else '('}{lo:g}, {hi:g}{']' if self.le is not None else ')'}"
+        if lo is not None:
+            return f"{kind} {'>=' if self.ge is not None else '>'} {lo:g}"
+        if hi is not None:
+            return f"{kind} {'<=' if self.le is not None else '<'} {hi:g}"
+        return kind
+
+
+RANGE = "hexsweep_range"  # the dataclass field metadata key
+
+
+def ranged(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+           allowed: str | None = None, gt: float | None = None, ge: float | None = None,
+           lt: float | None = None, le: float | None = None) -> Any:
+    """A numeric schema field with its allowed range (checked by ``validate``)."""
+    meta = {RANGE: Range(gt, ge, lt, le, allowed)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SEED = {"ge": 0, "lt": 2**63, "allowed": "an integer in 0..2**63-1"}
 
 
 @dataclass
@@ -22,59 +81,62 @@ class ModelConfig:
     """Two-headed residual network; see hexsweep/model.py for the two shapes."""
 
     name: str = "small"
-    channels: int = 32  # width of the first stage; later stages double it
-    stages: int = 1
-    blocks_per_stage: int = 4
+    channels: int = ranged(32, gt=0)  # width of the first stage; later stages double it
+    stages: int = ranged(1, gt=0)
+    blocks_per_stage: int = ranged(4, ge=0)
     downsample: bool = False  # stride 2 at the start of every stage after the first
     head: str = "conv"  # conv: fully convolutional policy head; pooled: global pool + linear heads
-    dropout: float = 0.1
+    dropout: float = ranged(0.1, ge=0, lt=1)
 
 
 @dataclass
 class DataConfig:
     """Self-play dataset settings; the folder is derived from them unless ``path`` is set."""
 
-    name: str = "small"
-    board_size: int = 7
-    num_positions: int = 25_000  # at least this many, rounded up to whole games
-    val_fraction: float = 0.1
-    seed: int = 1234
-    temperature: float = 0.25
-    epsilon: float = 0.05
-    random_opening_moves: int = 1
-    games_per_chunk: int = 64
-    shard_size: int = 100_000
-    workers: int | None = None  # generation processes; None: all cores of this job's slot
+    name: str = "small"  # part of the dataset folder name: no path separators, no ".."
+    board_size: int = ranged(7, ge=MIN_SIZE, le=MAX_SIZE)
+    # at least this many, rounded up to whole games; > board_size**2 + 1, so that there are two games
+    num_positions: int = ranged(25_000, gt=0)
+    # at most half, so that both splits get a game (datasets hold two games at least)
+    val_fraction: float = ranged(0.1, gt=0, le=0.5)
+    seed: int = ranged(1234, **SEED)
+    temperature: float = ranged(0.25, ge=0)
+    epsilon: float = ranged(0.05, ge=0, le=1)
+    random_opening_moves: int = ranged(1, ge=0)
+    games_per_chunk: int = ranged(64, gt=0)
+    shard_size: int = ranged(100_000, gt=0)
+    workers: int | None = ranged(None, gt=0)  # generation processes; None: all cores of this job's slot
     path: str | None = None  # an existing dataset folder (e.g. trmph import); skips generation
     augment: bool = True  # random 180-degree rotation and transpose+colour swap per sample
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    patience: int = 3  # epochs without improvement of the objective before stopping; 0: never
-    min_delta: float = 0.001
-    grad_clip: float | None = 1.0
+    epochs: int = ranged(10, ge=0)
+    patience: int = ranged(3, ge=0)  # epochs without improvement of the objective before stopping; 0: never
+    min_delta: float = ranged(0.001, ge=0)  # the least change of the objective that counts as better
+    # max gradient norm; 0 or null: no clipping (a negative norm would reverse the gradients)
+    grad_clip: float | None = ranged(1.0, ge=0, allowed="a number > 0, or 0 or null (no clipping)")
     amp: bool = True  # mixed precision on CUDA only
     lr_schedule: str = "none"  # none | cosine
-    max_steps_per_epoch: int | None = None
-    eval_batch_size: int = 2048
+    max_steps_per_epoch: int | None = ranged(None, gt=0)  # None: the whole training split
+    eval_batch_size: int = ranged(2048, gt=0)
     progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
     checkpoints: bool = True
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = ranged(1e-3, gt=0)
+    weight_decay: float = ranged(1e-4, ge=0)
 
 
 @dataclass
 class LossConfig:
     """Training loss = policy_weight * cross-entropy + value_weight * MSE(tanh value, result)."""
 
-    policy_weight: float = 0.5
-    value_weight: float = 0.5
+    policy_weight: float = ranged(0.5, ge=0)  # not both 0
+    value_weight: float = ranged(0.5, ge=0)
 
 
 @dataclass
@@ -83,15 +145,15 @@ class ObjectiveConfig:
 
     metric: str = "val_objective"
     direction: str = "minimize"
-    policy_weight: float = 0.5
-    value_weight: float = 0.5
+    policy_weight: float = ranged(0.5, ge=0)  # not both 0
+    value_weight: float = ranged(0.5, ge=0)
 
 
 @dataclass
 class StrengthConfig:
     """Final play-strength check of the greedy policy (half the games as each colour)."""
 
-    games: int = 20
+    games: int = ranged(20, ge=0)
 
 
 @dataclass
@@ -107,21 +169,21 @@ class ResourcesConfig:
     slots: str = "auto"  # auto: hold a slot in sweeps only | on | off
     # per host: nodes of a cluster sharing the outputs root must not share slots
     lock_dir: str = "${paths.outputs}/.locks/${hexsweep_host:}"
-    cpu_slots: int | None = None  # None: the sweep's number of parallel jobs
-    gpu_mem_mb: float | None = None  # free GPU memory a job needs; None: learned, else unchecked
-    ram_mb: float | None = None  # available RAM a job needs; None: learned, else unchecked
-    wait_timeout_s: float = 3600.0  # longest wait for a slot or for memory
-    sample_interval_s: float = 2.0
+    cpu_slots: int | None = ranged(None, gt=0)  # None: the sweep's number of parallel jobs
+    gpu_mem_mb: float | None = ranged(None, ge=0)  # free GPU memory a job needs; None: learned, else unchecked
+    ram_mb: float | None = ranged(None, ge=0)  # available RAM a job needs; None: learned, else unchecked
+    wait_timeout_s: float = ranged(3600.0, ge=0)  # longest wait for a slot or for memory
+    sample_interval_s: float = ranged(2.0, ge=0.1)  # faster sampling floods resources.jsonl
 
 
 @dataclass
 class FaultConfig:
     """Fault injection, to exercise the sweep machinery (tests, demos); all off by default."""
 
-    raise_at_epoch: int | None = None  # raise RuntimeError at the end of this epoch
-    nan_at_epoch: int | None = None  # report NaN metrics from this epoch on
-    oom_above_batch_size: int | None = None  # raise torch.OutOfMemoryError above this batch size
-    sleep_s_per_epoch: float = 0.0  # slow epochs down (for kill/interrupt tests)
+    raise_at_epoch: int | None = ranged(None, ge=1)  # raise RuntimeError at the end of this epoch
+    nan_at_epoch: int | None = ranged(None, ge=1)  # report NaN metrics from this epoch on
+    oom_above_batch_size: int | None = ranged(None, ge=0)  # raise torch.OutOfMemoryError above this batch size
+    sleep_s_per_epoch: float = ranged(0.0, ge=0)  # slow epochs down (for kill/interrupt tests)
 
 
 @dataclass
@@ -133,24 +195,24 @@ class TrialLinkConfig:
     """
 
     study_name: str | None = None
-    trial_number: int | None = None
+    trial_number: int | None = ranged(None, ge=0)
     storage: str | None = None
     pruner: str = "none"  # none | median | percentile | successive_halving | hyperband
-    n_startup_trials: int = 2  # median/percentile: trials that finish before pruning starts
-    n_warmup_steps: int = 1  # median/percentile: epochs before a trial can be pruned
-    percentile: float = 25.0
-    min_resource: int = 1  # successive_halving/hyperband
+    n_startup_trials: int = ranged(2, ge=0)  # median/percentile: trials that finish before pruning starts
+    n_warmup_steps: int = ranged(1, ge=0)  # median/percentile: epochs before a trial can be pruned
+    percentile: float = ranged(25.0, ge=0, le=100)
+    min_resource: int = ranged(1, ge=1)  # successive_halving/hyperband
 
 
 @dataclass
 class ProbeConfig:
     """``python -m hexsweep.probe``: batch-size limits and GPU packing, measured."""
 
-    batch_sizes: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096, 8192])
-    parallel: list[int] = field(default_factory=lambda: [1])
-    warmup_steps: int = 3
-    steps: int = 20
-    parallel_batch_size: int | None = None  # None: the batch size with the best throughput
+    batch_sizes: list[int] = ranged(factory=lambda: [128, 256, 512, 1024, 2048, 4096, 8192], gt=0)
+    parallel: list[int] = ranged(factory=lambda: [1], gt=0)
+    warmup_steps: int = ranged(3, ge=0)
+    steps: int = ranged(20, gt=0)
+    parallel_batch_size: int | None = ranged(None, gt=0)  # None: the batch size with the best throughput
     out: str | None = None  # None: <outputs>/probe/<date>_<time>
 
 
@@ -169,13 +231,13 @@ class TrainConfig:
     optuna: TrialLinkConfig = field(default_factory=TrialLinkConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     experiment_name: str = "default"
-    batch_size: int = 512
-    seed: int = 0
+    batch_size: int = ranged(512, gt=0)
+    seed: int = ranged(0, **SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    num_threads: int | None = None  # torch threads; None: this job's share of the cores
+    num_threads: int | None = ranged(None, gt=0)  # torch threads; None: this job's share of the cores
     resume: bool = False  # in a sweep: skip jobs whose folder already holds a completed result
     retry_on_oom: bool = False  # retry a job that ran out of memory once at half the batch size
-    slots_per_gpu: int = 1  # jobs that may share one GPU
+    slots_per_gpu: int = ranged(1, gt=0)  # jobs that may share one GPU
 
 
 def register_schema() -> None:
@@ -205,44 +267,92 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class NumericKey:
+    """A numeric leaf of the schema: its dotted key, element type, and its declared range (None: missing)."""
+
+    key: str
+    kind: type  # int or float
+    nullable: bool
+    is_list: bool
+    range: Range | None
+
+
+def numeric_keys(schema: type | None = None, prefix: str = "") -> Iterator[NumericKey]:
+    """Every int/float key of the schema (also optional ones and lists of them), walked from TrainConfig."""
+    schema = schema or TrainConfig
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp, key = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            yield from numeric_keys(tp, key + ".")
+            continue
+        args = typing.get_args(tp)
+        nullable = typing.get_origin(tp) in (types.UnionType, typing.Union) and type(None) in args
+        if nullable:
+            tp = next(a for a in args if a is not type(None))
+        is_list = typing.get_origin(tp) is list
+        if is_list:
+            tp = typing.get_args(tp)[0]
+        if tp in (int, float):
+            yield NumericKey(key, tp, nullable, is_list, f.metadata.get(RANGE))
+
+
+_ABSENT = object()
+
+
+def _check_ranges(cfg: Any) -> None:
+    for k in numeric_keys():
+        if k.range is None:
+            raise AssertionError(f"schema key {k.key} has no range: declare it with ranged()")
+        value = OmegaConf.select(cfg, k.key, default=_ABSENT)
+        if value is _ABSENT or (value is None and k.nullable):
+            continue
+        allowed = k.range.describe(k.kind is int, plural=k.is_list)
+        if not k.is_list:
+            _check(_finite(value) and k.range.accepts(value), k.key, value,
+                   allowed + (" or null" if k.nullable and not k.range.allowed else ""))
+            continue
+        values = list(value)
+        if not values:
+            raise ConfigError(f"{k.key}=[] is invalid: allowed a non-empty list of {allowed}")
+        bad = [v for v in values if not (_finite(v) and k.range.accepts(v))]
+        if bad:
+            raise ConfigError(f"{k.key}={values} is invalid: {bad[0]!r} is not {k.range.describe(k.kind is int)}")
+
+
+NAME_ALLOWED = "a non-empty name without '/', '\\' or '..' (it becomes part of a file or folder name)"
+
+
+def _check_name(key: str, value: Any) -> None:
+    """A config string that becomes a file or folder name must not climb out of its folder."""
+    ok = isinstance(value, str) and value.strip() != "" and ".." not in value \
+        and not any(c in value for c in ("/", "\\", os.sep, "\0"))
+    _check(ok, key, value, NAME_ALLOWED)
 
 
 def validate(cfg: Any) -> None:
     """Range checks the type system cannot express. Raises ConfigError with one line."""
-    from hexsweep.hex.board import MAX_SIZE, MIN_SIZE
-
-    _check(cfg.batch_size > 0, "batch_size", cfg.batch_size, "an integer > 0")
-    _check(_finite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a number > 0")
-    _check(
-        _finite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
-        "optim.weight_decay", cfg.optim.weight_decay, "a number >= 0",
-    )
+    _check_ranges(cfg)
     for prefix in ("loss", "objective"):
         node = cfg[prefix]
-        for key in ("policy_weight", "value_weight"):
-            value = node[key]
-            _check(_finite(value) and value >= 0, f"{prefix}.{key}", value, "a number >= 0")
         if node.policy_weight == 0 and node.value_weight == 0:
             raise ConfigError(
                 f"{prefix}.policy_weight and {prefix}.value_weight are both 0: "
                 "allowed any non-negative pair with at least one > 0"
             )
-    _check(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "a number in [0, 1)")
-    _check(cfg.model.channels > 0, "model.channels", cfg.model.channels, "an integer > 0")
-    _check(cfg.model.stages > 0, "model.stages", cfg.model.stages, "an integer > 0")
-    _check(cfg.model.blocks_per_stage >= 0, "model.blocks_per_stage", cfg.model.blocks_per_stage,
-           "an integer >= 0")
     _check(cfg.model.head in ("conv", "pooled"), "model.head", cfg.model.head, "'conv' or 'pooled'")
     n = cfg.data.board_size
-    _check(MIN_SIZE <= n <= MAX_SIZE, "data.board_size", n, f"an integer in {MIN_SIZE}..{MAX_SIZE}")
-    _check(cfg.data.num_positions > 0, "data.num_positions", cfg.data.num_positions, "an integer > 0")
-    _check(0 < cfg.data.val_fraction < 1, "data.val_fraction", cfg.data.val_fraction,
-           "a number in (0, 1)")
-    _check(cfg.data.temperature >= 0, "data.temperature", cfg.data.temperature, "a number >= 0")
-    _check(0 <= cfg.data.epsilon <= 1, "data.epsilon", cfg.data.epsilon, "a number in [0, 1]")
-    _check(cfg.trainer.epochs >= 0, "trainer.epochs", cfg.trainer.epochs, "an integer >= 0")
-    _check(cfg.trainer.patience >= 0, "trainer.patience", cfg.trainer.patience, "an integer >= 0")
+    # a game has at most n*n + 1 positions, so more than that makes at least two games: one per split
+    _check(cfg.data.num_positions > n * n + 1, "data.num_positions", cfg.data.num_positions,
+           f"an integer > {n * n + 1} (data.board_size**2 + 1: two games at least, one for each split)")
+    _check_name("data.name", cfg.data.name)
+    job_name = OmegaConf.select(cfg, "hydra.job.name", default=None, throw_on_resolution_failure=False)
+    if job_name is not None:  # Hydra names the job's log file after it
+        _check_name("hydra.job.name", job_name)
     _check(cfg.trainer.lr_schedule in ("none", "cosine"), "trainer.lr_schedule",
            cfg.trainer.lr_schedule, "'none' or 'cosine'")
     _check(cfg.trainer.progress in ("auto", "on", "off"), "trainer.progress", cfg.trainer.progress,
@@ -251,17 +361,10 @@ def validate(cfg: Any) -> None:
            "one of " + ", ".join(METRIC_NAMES))
     _check(cfg.objective.direction in ("minimize", "maximize"), "objective.direction",
            cfg.objective.direction, "'minimize' or 'maximize'")
-    _check(cfg.strength.games >= 0, "strength.games", cfg.strength.games, "an integer >= 0")
     device = str(cfg.device)
     base = device.split(":")[0]
     _check(base in DEVICES and (":" not in device or (base == "cuda" and device[5:].isdigit())),
            "device", device, "auto, cpu, cuda, cuda:N or mps")
-    _check(cfg.slots_per_gpu > 0, "slots_per_gpu", cfg.slots_per_gpu, "an integer > 0")
     _check(cfg.resources.slots in ("auto", "on", "off"), "resources.slots", cfg.resources.slots,
            "'auto', 'on' or 'off'")
-    if cfg.resources.cpu_slots is not None:
-        _check(cfg.resources.cpu_slots > 0, "resources.cpu_slots", cfg.resources.cpu_slots,
-               "an integer > 0 or null")
     _check(cfg.optuna.pruner in PRUNERS, "optuna.pruner", cfg.optuna.pruner, ", ".join(PRUNERS))
-    if cfg.num_threads is not None:
-        _check(cfg.num_threads > 0, "num_threads", cfg.num_threads, "an integer > 0 or null")

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from hexsweep import faults
 from hexsweep.atomic import atomic_write, atomic_write_json
 from hexsweep.cli import compose_from_argv, run_cli
+from hexsweep.config import validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
 from hexsweep.devices import resolve_device, usable_cores
-from hexsweep.errors import ConfigError
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.model import HexNet, NetConfig
 from hexsweep.resources.admission import job_signature
@@ -45,17 +45,9 @@ PROBE_LATEST = "probe/latest.json"
 
 
 def check(cfg: Any) -> None:
-    p = cfg.probe
-    for key in ("batch_sizes", "parallel"):
-        values = list(p[key])
-        if not values:
-            raise ConfigError(f"probe.{key}=[] is invalid: allowed a non-empty list of integers > 0")
-        bad = [v for v in values if not isinstance(v, int) or v <= 0]
-        if bad:
-            raise ConfigError(f"probe.{key}={values} is invalid: {bad[0]!r} is not an integer > 0")
-    if p.steps <= 0 or p.warmup_steps < 0:
-        raise ConfigError(f"probe.steps={p.steps}/probe.warmup_steps={p.warmup_steps} are invalid: "
-                          "allowed steps > 0, warmup_steps >= 0")
+    """The probe's keys (non-empty lists of positive batch sizes, steps) are range-checked by
+    ``config.validate`` with the rest of the schema; run() checks again for configs built by hand."""
+    validate(cfg)
 
 
 def _batch(data: HexDataset, size: int, rng: np.random.Generator, device: torch.device) -> dict:
