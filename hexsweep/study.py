@@ -7,6 +7,7 @@
     python -m hexsweep.study plot --study hex_tpe --out plots/     # PNGs (matplotlib)
 
 ``--storage`` takes an RDB URL or a ``.journal`` path (default: outputs/optuna/studies.journal).
+Every command only reads: a storage that does not exist is a one-line error, never created.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def study_plots(study: optuna.Study, out: Path) -> list[Path]:
 
 
 def load(storage_spec: str, name: str) -> optuna.Study:
-    storage = open_storage(storage_spec)
+    storage = open_storage(storage_spec, read_only=True)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -137,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, spec: str) -> None:
     if args.command == "list":
-        if not spec.count("://") and not Path(spec).exists():
-            raise HexsweepError(f"no storage at {spec}: run a search first (python -m hexsweep.train -m search=...)")
-        summaries = optuna.get_all_study_summaries(open_storage(spec))
+        summaries = optuna.get_all_study_summaries(open_storage(spec, read_only=True))
         if not summaries:
             print(f"no studies in {redact(spec)}")
         for s in summaries:

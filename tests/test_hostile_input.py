@@ -1,18 +1,24 @@
-"""Hostile input must not delete, corrupt or crash (issue 12): dataset folders, meta.json."""
+"""Hostile input must not delete, corrupt or crash (issue 12): dataset folders, meta.json, storages, journals."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
+from hexsweep import study as study_cli
 from hexsweep.cli import compose
 from hexsweep.data.generate import generate
 from hexsweep.data.import_trmph import import_trmph
 from hexsweep.data.shards import read_meta
 from hexsweep.errors import DataError
+from hexsweep.search.storage import open_storage
 
 GAMES = """\
 http://www.trmph.com/hex/board#5,a1b1a2b2a3b3a4b4a5 1
@@ -113,3 +119,66 @@ def test_malformed_meta_json_is_one_line_naming_the_file(tmp_path, content, reas
         read_meta(tmp_path)
     message = str(err.value)
     assert message.startswith(str(tmp_path / "meta.json")) and reason in message and "\n" not in message
+
+
+@pytest.mark.parametrize("storage", ["typo/studies.journal", "sqlite:///typo/s.db", "sqlite:///s.db"])
+@pytest.mark.parametrize("command", [["list"], ["best", "--study", "s"], ["trials", "--study", "s"],
+                                     ["importance", "--study", "s"], ["plot", "--study", "s"]])
+def test_read_commands_never_create_storage(tmp_path, monkeypatch, capsys, storage, command):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        study_cli.main(["--storage", storage, *command])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hexsweep: error: no storage at {storage}: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_command_on_an_empty_sqlite_file_creates_no_tables(tmp_path, capsys):
+    db = tmp_path / "empty.db"
+    db.touch()
+    with pytest.raises(SystemExit):
+        study_cli.main(["--storage", f"sqlite:///{db}", "list"])
+    assert "holds no Optuna tables" in capsys.readouterr().err
+    assert db.stat().st_size == 0
+
+
+def test_read_commands_still_read(tmp_path, capsys):
+    journal = tmp_path / "studies.journal"
+    optuna.create_study(study_name="s", storage=open_storage(str(journal))).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study_cli.main(["--storage", str(journal), "best", "--study", "s"])
+    assert "best trial" in capsys.readouterr().out
+
+
+def test_torn_journal_tail_is_cut_off_with_a_backup_before_appending(tmp_path, caplog):
+    journal = tmp_path / "optuna" / "studies.journal"
+    optuna.create_study(study_name="t", storage=open_storage(str(journal))).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    journal.write_bytes(whole + last[: len(last) // 2])  # a writer killed mid-line
+    torn = journal.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="hexsweep.search.storage"):
+        storage = open_storage(str(journal))
+    backups = list(journal.parent.glob("studies.journal.torn-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == torn
+    assert journal.read_bytes() == whole
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and str(journal) in warning[0] and str(backups[0]) in warning[0]
+    optuna.load_study(study_name="t", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    reread = optuna.load_study(study_name="t", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state.name for t in reread.trials] == ["COMPLETE"] * 4
+    caplog.clear()
+    open_storage(str(journal))  # a whole journal is left alone
+    assert not caplog.records and len(list(journal.parent.glob("studies.journal.torn-*"))) == 1
+
+
+def test_journal_line_that_is_not_json_is_cut_off_too(tmp_path):
+    journal = tmp_path / "studies.journal"
+    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b"\x00\x00\x00\n")  # a crash that left zeros (e.g. after power loss)
+    open_storage(str(journal))
+    assert journal.read_bytes() == whole
+
