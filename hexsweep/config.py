@@ -184,6 +184,9 @@ class FaultConfig:
     nan_at_epoch: int | None = ranged(None, ge=1)  # report NaN metrics from this epoch on
     oom_above_batch_size: int | None = ranged(None, ge=0)  # raise torch.OutOfMemoryError above this batch size
     sleep_s_per_epoch: float = ranged(0.0, ge=0)  # slow epochs down (for kill/interrupt tests)
+    # block for ever after this epoch, deaf to SIGINT/SIGTERM, beating no heartbeat: a deadlock,
+    # for the stall watchdog and the kill escalation (hydra.launcher.stall_timeout_s, kill_grace_s)
+    hang_at_epoch: int | None = ranged(None, ge=1)
 
 
 @dataclass
@@ -242,7 +245,7 @@ class TrainConfig:
 
 def register_schema() -> None:
     """The schema and the resolvers its defaults use, for every way of composing the config."""
-    from hexsweep.sweep.naming import register_resolvers
+    from hexsweep.naming import register_resolvers
 
     register_resolvers()
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)

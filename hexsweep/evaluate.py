@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hexsweep.heartbeat import beat
 from hexsweep.hex.board import BLACK, WHITE, Board
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
@@ -38,6 +39,7 @@ def win_rate(model: torch.nn.Module, opponent, board_size: int, games: int,
     grids = np.zeros((games, n, n), dtype=np.int8)
     mover = BLACK
     while not all(b.done for b in boards):
+        beat()
         active = np.array([not b.done for b in boards])
         net_turn = np.flatnonzero(active & (net_colour == mover))
         opp_turn = np.flatnonzero(active & (net_colour != mover))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -34,13 +35,25 @@ def before_training(cfg: Any, model: torch.nn.Module) -> None:
         poison(model)
 
 
+def hang() -> None:
+    """Block for ever, deaf to SIGINT and SIGTERM and beating no heartbeat: what a job stuck
+    in a deadlock looks like to the sweep driver (only SIGKILL ends it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(3600)
+
+
 def fault_hook(cfg: Any, then: EpochHook | None = None) -> EpochHook | None:
     """Chain the configured faults in front of ``then`` (the pruning hook, if any)."""
     f = cfg.fault
-    if f.raise_at_epoch is None and f.nan_at_epoch is None and not f.sleep_s_per_epoch:
+    hang_at = f.hang_at_epoch
+    if f.raise_at_epoch is None and f.nan_at_epoch is None and not f.sleep_s_per_epoch and hang_at is None:
         return then
 
     def hook(epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> bool:
+        if hang_at is not None and epoch >= hang_at:
+            hang()
         if f.sleep_s_per_epoch:
             time.sleep(f.sleep_s_per_epoch)
         if f.raise_at_epoch is not None and epoch >= f.raise_at_epoch:

@@ -11,7 +11,11 @@ only there:
     best.pt last.pt  checkpoints (see hexsweep/trainer.py)
 
 Readers (aggregation, Optuna, reports) go through ``read_result`` here, which also turns a
-"running" result whose process is gone into "crashed".
+"running" result whose process is gone into "crashed", and a malformed file into "corrupt".
+This module owns the status vocabulary: every other module names statuses through the
+constants below. The job itself writes its result (``JobFolder``); the sweep driver writes
+it only for a job that could not (``record_death``: killed, stalled, timed out, interrupted
+while it could not answer).
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ RESULT_VERSION = 1
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 ERROR_FILE = "error.txt"
-STATUSES = ("running", "completed", "failed", "oom", "pruned", "interrupted", "crashed")
-FINISHED_OK = ("completed", "pruned")
+RUNNING, COMPLETED, PRUNED = "running", "completed", "pruned"
+FAILED, OOM, CRASHED = "failed", "oom", "crashed"
+INTERRUPTED, STALLED, CORRUPT = "interrupted", "stalled", "corrupt"
+STATUSES = (RUNNING, COMPLETED, FAILED, OOM, PRUNED, INTERRUPTED, CRASHED, STALLED, CORRUPT)
+FINISHED_OK = (COMPLETED, PRUNED)
+# how a job that could not write its own result ended (the sweep driver records it)
+DEATH_STATUS = {"Crashed": CRASHED, "Timeout": FAILED, "Stalled": STALLED, "Interrupted": INTERRUPTED}
 
 
 BOOKKEEPING_KEYS = ("resume",)  # overrides that do not change what a job computes
@@ -88,15 +97,59 @@ class JobFolder:
 
 
 def read_result(job_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The job's result, or None if it has none; a 'running' job whose process died is 'crashed'."""
+    """The job's result, or None if it has none; a 'running' job whose process died is 'crashed';
+    a file that is not a JSON object (torn, non-UTF-8, ``[]``) is 'corrupt', with the reason."""
     path = Path(job_dir) / RESULT_FILE
     try:
-        record = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return None
-    if record.get("status") == "running" and not _alive(record):
-        record["status"] = "crashed"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return _corrupt(f"{RESULT_FILE} is unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if not isinstance(record, dict):
+        return _corrupt(f"{RESULT_FILE} holds a {type(record).__name__}, not an object")
+    if record.get("status") not in STATUSES:
+        return _corrupt(f"{RESULT_FILE} has no known status ({str(record.get('status'))[:40]!r})")
+    if record.get("status") == RUNNING and not _alive(record):
+        record["status"] = CRASHED
         record.setdefault("error", {"type": "Crashed", "message": "the job's process died"})
+    return record
+
+
+def _corrupt(reason: str) -> dict[str, Any]:
+    return {"status": CORRUPT, "error": {"type": "Corrupt", "message": reason}}
+
+
+def completed_result(job_dir: str | os.PathLike, overrides: list[str]) -> dict[str, Any] | None:
+    """For resume: the job's earlier result if it finished with the same overrides."""
+    record = read_result(job_dir)
+    if record and record.get("status") in FINISHED_OK and \
+            job_key(record.get("overrides") or []) == job_key(overrides):
+        return record
+    return None
+
+
+def record_death(job_dir: str | os.PathLike, how: str, kind: str, job: dict[str, Any],
+                 force: bool = False) -> dict[str, Any]:
+    """Write the result a job could not write itself; ``kind`` is a key of DEATH_STATUS.
+
+    ``job`` identifies it (experiment, overrides, job name and number). Unless ``force``, a
+    result the job did write (completed, failed, ...) is kept as it is."""
+    record = read_result(job_dir) or {}
+    if not force and record.get("status") not in (None, RUNNING, CRASHED, CORRUPT):
+        return record
+    if record.get("status") == CORRUPT:
+        record = {}
+    record.update({
+        "status": DEATH_STATUS[kind],
+        "error": {"type": kind, "message": f"the job's process {how}"},
+        "experiment": record.get("experiment", job.get("experiment")),
+        "overrides": job["overrides"],
+        "job": record.get("job", job.get("job")),
+    })
+    folder = JobFolder(job_dir)
+    atomic_write_text(folder.path / ERROR_FILE, f"{kind}: the job's process {how}\n")
+    folder.finish(record)
     return record
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 
+from hexsweep.naming import host
 from hexsweep.resources.gpus import all_gpu_status
-from hexsweep.resources.slots import read_holders
-from hexsweep.sweep.naming import host
+from hexsweep.resources.slots import holder_state, read_holders
 
 
 def snapshot(lock_dir: Path) -> str:
@@ -37,8 +37,8 @@ def snapshot(lock_dir: Path) -> str:
         except (psutil.Error, TypeError):
             pass
         since = f"{time.time() - h['since']:.0f} s" if "since" in h else "?"
-        lines.append(f"  slot {h.get('slot')}: pid {pid}, {h.get('experiment', '?')} for {since}, "
-                     f"{usage}  {h.get('job_dir', '')}")
+        lines.append(f"  slot {h.get('slot')}: pid {pid} ({holder_state(pid)}), {h.get('experiment', '?')} "
+                     f"for {since}, {usage}  {h.get('job_dir', '')}")
     return "\n".join(lines)
 
 

@@ -4,8 +4,9 @@ compose (Hydra) -> validate -> slot + dataset (generated once, memory-mapped) + 
 trainer -> job folder (hexsweep/jobfolder.py). ``main`` returns the objective so Hydra
 sweepers can optimise it. In a sweep a job never raises: its failure is recorded in its
 folder (status, error.txt) and it returns NaN, so one bad job cannot end the sweep (Hydra
-would skip the post-sweep aggregation, see shared/design.md); the sweep's summary and
-exit status report it instead. A single run exits non-zero with one line.
+would skip the post-sweep aggregation, see docs/design.md); the sweep's summary and
+exit status report it instead. A single run exits non-zero with one line. ``TRAIN_APP``
+(sweep/train_app.py) is this app's side of the launcher's seam.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from hexsweep.devices import resolve_device
 from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
-from hexsweep.jobfolder import JobFolder, job_key, read_result
+from hexsweep.jobfolder import COMPLETED, FINISHED_OK, INTERRUPTED, OOM, JobFolder, completed_result, read_result
 from hexsweep.model import HexNet, NetConfig, count_parameters
+from hexsweep.naming import register_resolvers
 from hexsweep.resources.admission import job_signature
 from hexsweep.resources.job import job_resources, parallel_jobs
 from hexsweep.search.pruning import trial_hook
-from hexsweep.sweep.naming import register_resolvers
+from hexsweep.sweep.apps import job_app
+from hexsweep.sweep.train_app import TRAIN_APP
 from hexsweep.trainer import EpochHook, evaluate, train
 
 log = logging.getLogger("hexsweep.train")
@@ -76,8 +79,8 @@ def _launcher_cfg() -> Any:
     return HydraConfig.get().launcher if HydraConfig.initialized() else None
 
 
-def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None,
-            info: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None,
+              info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` and fill ``job_dir``; returns result.json's content. Raises on failure."""
     start = time.perf_counter()
     info = info or {}
@@ -140,7 +143,7 @@ def run_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = Non
         res.sampler.sample()
         peak_gpu = outcome.peak_gpu_mem_mb
         record.update({
-            "status": "pruned" if outcome.stopped_by_hook else "completed",
+            "status": "pruned" if outcome.stopped_by_hook else COMPLETED,
             "strength": strength,
             "wall_time_s": time.perf_counter() - start,
             "peak_rss_mb": max(outcome.peak_rss_mb, res.sampler.peak_rss_mb),
@@ -162,9 +165,9 @@ def _redact_storage(record: dict[str, Any]) -> None:
 
 def classify_failure(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+        return INTERRUPTED
     if isinstance(exc, torch.OutOfMemoryError):
-        return "oom"
+        return OOM
     return "failed"
 
 
@@ -180,19 +183,19 @@ def record_failure(job_dir: Path, exc: BaseException, info: dict[str, Any]) -> d
     return record
 
 
-def run_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None
-                     ) -> dict[str, Any]:
-    """``run_job`` that never raises: a failure is recorded in the job folder and returned.
+def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None
+                       ) -> dict[str, Any]:
+    """``train_job`` that never raises: a failure is recorded in the job folder and returned.
 
     With ``retry_on_oom`` an out-of-memory job runs once more at half the batch size; its
     row then carries ``oom_batch_size`` (the size that failed) and ``retried: true``.
     """
     info = job_info(cfg)
     try:
-        return run_job(cfg, job_dir, on_epoch_end, info)
+        return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
         record = record_failure(job_dir, exc, info)
-        if record["status"] != "oom" or not cfg.retry_on_oom or cfg.batch_size < 2:
+        if record["status"] != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
             return record
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -202,18 +205,9 @@ def run_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | N
     log.warning("out of memory at batch_size=%d; retrying once at %d", failed_size, cfg.batch_size)
     info = {**job_info(cfg), "oom_batch_size": failed_size, "retried": True}
     try:
-        return run_job(cfg, job_dir, on_epoch_end, info)
+        return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
         return record_failure(job_dir, exc, info)
-
-
-def completed_result(job_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
-    """For resume: the job's earlier result if it finished with the same overrides."""
-    record = read_result(job_dir)
-    if record and record.get("status") in ("completed", "pruned") and \
-            job_key(record.get("overrides") or []) == job_key(overrides):
-        return record
-    return None
 
 
 def enter_launch_dir(launch_dir: str) -> None:
@@ -232,6 +226,7 @@ def enter_launch_dir(launch_dir: str) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@job_app(TRAIN_APP)
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -246,17 +241,17 @@ def main(cfg: DictConfig) -> float:
     if multirun and cfg.resume and (done := completed_result(job_dir, list(hc.overrides.task))):
         log.info("resume: job %s already completed, skipped", hc.job.num)
         return float(done["objective"]["value"])
-    record = run_job_recorded(cfg, job_dir)
+    record = train_job_recorded(cfg, job_dir)
     status = record["status"]
-    if status not in ("completed", "pruned"):
+    if status not in FINISHED_OK:
         message = f"job {status}: {record['error']['type']}: {record['error']['message']}"
         if multirun:
             log.error("%s (%s)", message, job_dir)
-            if status == "interrupted":
+            if status == INTERRUPTED:
                 raise KeyboardInterrupt
             return float("nan")
         print(f"hexsweep: {message}\n  full traceback: {job_dir / 'error.txt'}", file=sys.stderr)
-        raise SystemExit(130 if status == "interrupted" else 1)
+        raise SystemExit(130 if status == INTERRUPTED else 1)
     value = record["objective"]["value"]
     log.info("%s: %s = %.4f (best epoch %s of %d) -> %s", record["experiment"],
              record["objective"]["metric"], value, record["best_epoch"], record["epochs_run"], job_dir)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from hexsweep.atomic import append_jsonl, atomic_write
 from hexsweep.data.dataset import HexDataset
+from hexsweep.heartbeat import beat
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.hex.symmetry import rotate180_batch, transpose_swap_batch
 from hexsweep.model import HexNet, NetConfig
@@ -113,6 +114,7 @@ def evaluate(model: torch.nn.Module, data: HexDataset, batch_size: int, device: 
     model.eval()
     acc: dict[str, torch.Tensor] = {}
     for batch in data.batches(batch_size, shuffle=False):
+        beat()
         with autocast():
             _add(acc, compute_losses(model, to_device(batch, device)))
     model.train(was_training)
@@ -195,6 +197,7 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
                    disable=not show_bar, file=sys.stderr, leave=False)
         seen = 0
         for batch in train_data.batches(cfg.batch_size, True, rng, tcfg.max_steps_per_epoch):
+            beat()  # progress, for the sweep driver's stall watchdog (hexsweep/heartbeat.py)
             batch = to_device(batch, device)
             if cfg.data.augment:
                 batch = augment(batch, gen)

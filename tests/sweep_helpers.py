@@ -72,3 +72,11 @@ def dropout_space(cfg, trial) -> None:
     """A custom_search_space hook for the tests: dropout depends on the sampled learning rate."""
     high = 0.3 if trial.params.get("optim.lr", 1.0) > 1e-3 else 0.1
     trial.suggest_float("model.dropout", 0.0, high)
+
+
+def console_script(name: str) -> str:
+    """A console script installed beside this interpreter (works with the venv not activated)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is not installed beside {sys.executable}: pip install -e '.[dev]'")
+    return str(path)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from postgres import Postgres, available
-from sweep_helpers import sweep_cmd, sweep_dirs
+from sweep_helpers import console_script, sweep_cmd, sweep_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.skipif(not available(), reason="PostgreSQL binaries (initdb, pg_ctl) not installed")]
@@ -59,8 +59,8 @@ def test_two_drivers_share_one_study(tmp_path, data_root, tiny_dataset, pg_url):
         r = json.loads((Path(t.user_attrs["job_dir"]) / "result.json").read_text())
         assert r["optuna"]["trial_number"] == t.number
         assert "hunter" not in json.dumps(r)
-    cli = subprocess.run(["optuna", "trials", "--study-name", "shared", "--storage", pg_url, "-f", "json"],
-                         capture_output=True, text=True)
+    cli = subprocess.run([console_script("optuna"), "trials", "--study-name", "shared", "--storage", pg_url,
+                          "-f", "json"], capture_output=True, text=True)
     assert cli.returncode == 0 and len(json.loads(cli.stdout)) == len(numbers)
     listed = subprocess.run([sys.executable, "-m", "hexsweep.study", "--storage", pg_url, "list"],
                             capture_output=True, text=True)

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 from sweep_helpers import read_result, sweep_cmd, sweep_dirs, wait_for
 
 from hexsweep.errors import ConfigError
+from hexsweep.naming import host
 from hexsweep.search.storage import open_storage
-from hexsweep.sweep.naming import host
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -166,14 +166,15 @@ def test_memory_need_is_learned_from_finished_jobs(tmp_path):
 
 
 def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
-    from hexsweep.sweep import launcher
+    from hexsweep.sweep import train_app
 
-    monkeypatch.setattr(launcher, "gpu_count", lambda: 2)
+    monkeypatch.setattr(train_app, "gpu_count", lambda: 2)
+    app = train_app.TRAIN_APP
     cfg = SimpleNamespace(device="auto", slots_per_gpu=3)
-    assert launcher.default_n_jobs(cfg, 100) == 6
-    assert launcher.default_n_jobs(cfg, 4) == 4
+    assert app.default_n_jobs(cfg, 100) == 6
+    assert app.default_n_jobs(cfg, 4) == 4
     cpu_cfg = SimpleNamespace(device="cpu", slots_per_gpu=3)
-    assert launcher.default_n_jobs(cpu_cfg, 100) == len(os.sched_getaffinity(0))
+    assert app.default_n_jobs(cpu_cfg, 100) == len(os.sched_getaffinity(0))
 
 
 def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_path):

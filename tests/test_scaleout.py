@@ -7,7 +7,7 @@ from sweep_helpers import run_one_failing_sweep
 
 from hexsweep.cli import CONF_DIR
 from hexsweep.config import register_schema
-from hexsweep.sweep.naming import register_resolvers
+from hexsweep.naming import register_resolvers
 
 submitit = pytest.importorskip("submitit", reason="pip install -e '.[slurm]'")
 

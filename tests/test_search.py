@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from sweep_helpers import sweep_cmd, sweep_dirs
+from sweep_helpers import console_script, sweep_cmd, sweep_dirs
 
 from hexsweep.errors import ConfigError
 from hexsweep.search.space import parse_params
@@ -71,7 +71,7 @@ def test_tpe_search_runs_two_at_a_time_links_trials_and_reports(tmp_path, data):
     assert (sweep / "optuna_history.png").stat().st_size > 1000
     assert len(pd.read_csv(sweep / "results.csv")) == 5
     journal = str(tmp_path / "optuna/studies.journal")
-    cli = subprocess.run(["optuna", "trials", "--study-name", "s", "--storage", journal,
+    cli = subprocess.run([console_script("optuna"), "trials", "--study-name", "s", "--storage", journal,
                           "--storage-class", "JournalFileBackend", "-f", "json"], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     assert len(json.loads(cli.stdout)) == 5
@@ -178,7 +178,7 @@ def test_any_rdb_url_works_and_optunas_cli_reads_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     study = optuna.create_study(study_name="r", storage=open_storage(url))
     study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
-    cli = subprocess.run(["optuna", "trials", "--study-name", "r", "--storage", url, "-f", "json"],
+    cli = subprocess.run([console_script("optuna"), "trials", "--study-name", "r", "--storage", url, "-f", "json"],
                          capture_output=True, text=True)
     assert cli.returncode == 0 and len(json.loads(cli.stdout)) == 3
     listed = subprocess.run([sys.executable, "-m", "hexsweep.study", "--storage", url, "list"],
@@ -199,7 +199,7 @@ def test_optuna_dashboard_reads_the_default_storage(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(["optuna-dashboard", journal, "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([console_script("optuna-dashboard"), journal, "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         body = None

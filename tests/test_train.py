@@ -14,13 +14,13 @@ from hexsweep.config import validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.hex.encoding import encode_batch, legal_mask
-from hexsweep.train import run_job
+from hexsweep.train import train_job
 from hexsweep.trainer import load_checkpoint
 
 
 def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=4", "optim.lr=3e-3")
-    result = run_job(cfg, tmp_path / "job")
+    result = train_job(cfg, tmp_path / "job")
     on_disk = json.loads((tmp_path / "job" / "result.json").read_text())
     assert on_disk["status"] == "completed" == result["status"]
     rows = read_jsonl(tmp_path / "job" / "metrics.jsonl")
@@ -45,7 +45,7 @@ def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
 
 def test_objective_ignores_training_loss_weights(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=1", "loss.policy_weight=0.9", "loss.value_weight=0.1")
-    r = run_job(cfg, tmp_path / "j")
+    r = train_job(cfg, tmp_path / "j")
     best = r["best"]
     assert best["val_loss"] == pytest.approx(0.9 * best["val_policy_loss"] + 0.1 * best["val_value_loss"])
     assert r["objective"]["value"] == pytest.approx(
@@ -54,14 +54,14 @@ def test_objective_ignores_training_loss_weights(tiny_cfg, tmp_path):
 
 def test_other_objective_metric_and_direction(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=2", "objective.metric=val_policy_acc", "objective.direction=maximize")
-    r = run_job(cfg, tmp_path / "j")
+    r = train_job(cfg, tmp_path / "j")
     rows = read_jsonl(tmp_path / "j" / "metrics.jsonl")
     assert r["objective"]["value"] == max(row["val_policy_acc"] for row in rows)
 
 
 def test_checkpoint_reload_gives_identical_outputs(tiny_cfg, tmp_path, tiny_dataset):
     cfg = tiny_cfg("trainer.epochs=1")
-    run_job(cfg, tmp_path / "j")
+    train_job(cfg, tmp_path / "j")
     model, state = load_checkpoint(tmp_path / "j" / "best.pt")
     assert state["format_version"] == 1 and state["epoch"] == 1
     assert state["model_config"]["board_size"] == 5 and state["config"]["batch_size"] == 256

@@ -2,7 +2,7 @@
 
 Shards are opened with ``np.load(mmap_mode="r")``; a batch copies only its own rows out of
 the mapping. No torch DataLoader: gathering a batch from a memmap is microseconds, and
-DataLoader worker processes break inside loky workers (see shared/design.md).
+DataLoader worker processes break inside loky workers (docs/design.md).
 """
 
 from __future__ import annotations

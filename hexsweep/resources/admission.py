@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from hexsweep.errors import HexsweepError
+from hexsweep.heartbeat import beat
 from hexsweep.resources.gpus import gpu_status
 
 log = logging.getLogger(__name__)
@@ -108,5 +109,6 @@ def wait_for_memory(need: Need | None, gpu_index: int | None, timeout_s: float, 
         if waited >= next_notice:
             log.warning("waiting for memory before starting: %s (%s)", why, need.source)
             next_notice = waited + 30
+        beat()  # waiting is not stalling
         time.sleep(poll_s)
     return time.monotonic() - start

@@ -23,7 +23,7 @@ from hexsweep.resources.cluster import (
 )
 from hexsweep.resources.gpus import gpu_count, slot_keys
 from hexsweep.resources.sampler import ResourceSampler
-from hexsweep.resources.slots import Slot, SlotPool
+from hexsweep.resources.slots import Slot, SlotPool, describe_holder, read_holders
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
     if pool is not None:
 
         def notice(waited_s: float) -> None:
-            log.warning("waiting for a free slot (pool of %d in %s) for %.0f s", pool.size,
-                        pool.lock_dir, waited_s)
+            holders = "; ".join(describe_holder(h) for h in read_holders(pool.lock_dir)) or "no holder found"
+            log.warning("waiting for a free slot (pool of %d in %s) for %.0f s: %s", pool.size,
+                        pool.lock_dir, waited_s, holders)
 
         slot = pool.acquire(cfg.resources.wait_timeout_s, on_wait=notice)
         acquired_at = time.time()

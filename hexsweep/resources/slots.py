@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hexsweep.errors import HexsweepError
+from hexsweep.heartbeat import beat
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class SlotPool:
             if on_wait is not None and waited >= next_notice:
                 on_wait(waited)
                 next_notice = waited + 30
+            beat()  # waiting is not stalling
             time.sleep(poll_s)
 
 
@@ -157,3 +159,29 @@ def read_holders(lock_dir: Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             holders.append({"slot": path.stem})
     return holders
+
+
+def holder_state(pid: Any) -> str:
+    """How a slot holder's process is doing: a stopped (SIGSTOP, Ctrl-Z) or idle holder will not
+    free its slot soon, and the waiting job says so."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        status = proc.status()
+        if status == psutil.STATUS_STOPPED:
+            return "STOPPED: continue it (kill -CONT) or end it to free the slot"
+        if status == psutil.STATUS_ZOMBIE:
+            return "exited"
+        busy = proc.cpu_percent(0.2)
+        return "running" if busy > 1 else "alive but idle (stalled?)"
+    except (psutil.Error, TypeError, ValueError):
+        return "gone"
+
+
+def describe_holder(h: dict[str, Any]) -> str:
+    """One line naming who holds a slot: pid, state, job and sweep folder, since when."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
+    job_dir = Path(str(h.get("job_dir", "?")))
+    return (f"{h.get('slot')} held by pid {h.get('pid')} ({holder_state(h.get('pid'))}), "
+            f"job {job_dir.name} of {job_dir.parent}, since {since}")

@@ -1,7 +1,7 @@
 """Where studies live: the embedded default (an Optuna journal file) or any RDB URL.
 
 Default: ``JournalStorage(JournalFileBackend("<outputs>/optuna/studies.journal"))``. Measured
-here (shared/design.md): 8 concurrent writer processes, 320 trials: SQLite 30.9 s, the
+here (docs/design.md): 8 concurrent writer processes, 320 trials: SQLite 30.9 s, the
 journal file 6.5 s, both without lock errors at that load; SQLite also must never sit on
 NFS. Optuna's CLI and dashboard read the journal with ``--storage-class JournalFileBackend``.
 

@@ -2,8 +2,8 @@
 
 Design. Hydra's launcher API is batch-based (``launch(batch)`` returns when the whole batch
 is done), which makes every slot wait for the slowest trial of its batch. With the
-hexsweep launcher this sweeper bypasses that API: it uses the launcher's ``JobRunner``,
-where each job is a future, and asks Optuna for the next trial the moment any job ends
+hexsweep launcher this sweeper bypasses that API: it hands the sweep driver
+(sweep/driver.py) a feed of trials, and asks Optuna for the next trial the moment any job ends
 (finished, failed or pruned), keeping ``n_jobs`` trials running. With any other launcher
 it falls back to batches of ``n_jobs`` single trials through ``launch``.
 
@@ -21,10 +21,8 @@ import importlib
 import logging
 import math
 import os
-import signal
 import sys
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +35,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from hexsweep.cli import fail
-from hexsweep.config import validate
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.jobfolder import read_result
 from hexsweep.search.space import parse_params, to_override
 from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, open_storage, redact
+from hexsweep.sweep.apps import app_for
+from hexsweep.sweep.launcher import compose_job
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -78,9 +77,7 @@ class OptunaSearch:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
-        from hexsweep.sweep.launcher import unmemoize_sweep_configs
-
-        unmemoize_sweep_configs(hydra_context.config_loader)
+        self.app = app_for(task_function)
 
     # ---- set-up -----------------------------------------------------------------------
     def _space(self, arguments: list[str]) -> tuple[dict, list[str]]:
@@ -216,7 +213,7 @@ class OptunaSearch:
     # ---- the sweep ---------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         from hexsweep.sweep.callbacks import report_sweep
-        from hexsweep.sweep.launcher import JobRunner, default_n_jobs, warm_imports
+        from hexsweep.sweep.driver import SweepDriver, SweepInterrupted
 
         cfg = self.config
         try:
@@ -238,63 +235,55 @@ class OptunaSearch:
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
-        from hydra_plugins.hexsweep_launcher.launcher import HexsweepLauncher
-
-        n_jobs = int(self.p.get("n_jobs") or self.launcher_n_jobs() or default_n_jobs(cfg, max(remaining, 1)))
+        n_jobs = int(self.p.get("n_jobs") or self.launcher_n_jobs() or self.app.default_n_jobs(cfg, max(remaining, 1)))
         log.info("optuna study %r in %s: %d trials to run (%d in the study), %d at once; %s",
                  self.study_name, redact(storage_spec), max(remaining, 0), len(study.trials), n_jobs,
-                 "asynchronous" if isinstance(self.launcher, HexsweepLauncher) else "in batches")
+                 "asynchronous" if getattr(self.launcher, "async_jobs", False) else "in batches")
         max_failure_rate = float(self.p.get("max_failure_rate", 0.5))
         too_many: str | None = None
         interrupted = False
-        if isinstance(self.launcher, HexsweepLauncher):
-            os.environ["HEXSWEEP_PARALLEL_JOBS"] = str(n_jobs)
-            runner = JobRunner(self.launcher, n_jobs, max(remaining, 0))
-            warm_imports()
-            running: dict[Future, tuple[optuna.Trial, Path]] = {}
+        if getattr(self.launcher, "async_jobs", False):
+            driver = SweepDriver(self.launcher, n_jobs, max(remaining, 0), sweep_dir)
+            running: dict[int, tuple[optuna.Trial, Path]] = {}
             started = 0
-            heartbeat = _Heartbeat(storage, running, study)
-            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-            try:
-                with runner.progress, heartbeat:
-                    def more() -> bool:
-                        # resume=true joins a study that other drivers may be filling too:
-                        # n_trials is then the study's total, checked before every new trial
-                        shared_full = bool(cfg.get("resume")) and len(study.trials) >= n_trials
-                        return (started < remaining and too_many is None and not grid_exhausted(study)
-                                and not shared_full)
 
-                    while more() or running:
-                        while len(running) < n_jobs and more():
-                            started += 1
-                            job = self._start(study, space, fixed, directions, runner, sweep_dir)
-                            if job is not None:
-                                running[job[0]] = job[1:]
-                        if not running:
-                            continue
-                        done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            trial, job_dir = running.pop(fut)
-                            self._finish(study, trial, job_dir)
-                        too_many = self._failure_check(study, max_failure_rate)
-            except KeyboardInterrupt:
+            def more() -> bool:
+                # resume=true joins a study that other drivers may be filling too:
+                # n_trials is then the study's total, checked before every new trial
+                shared_full = bool(cfg.get("resume")) and len(study.trials) >= n_trials
+                return started < remaining and too_many is None and not grid_exhausted(study) and not shared_full
+
+            def feed() -> DictConfig | None:
+                nonlocal started
+                while more():
+                    started += 1
+                    job = self._start(study, space, fixed, directions, sweep_dir)
+                    if job is not None:
+                        job_cfg, trial, job_dir = job
+                        running[trial.number] = (trial, job_dir)
+                        return job_cfg
+                return None
+
+            def done(outcome: Any) -> None:
+                nonlocal too_many
+                trial, job_dir = running.pop(outcome.num)
+                self._finish(study, trial, job_dir)
+                too_many = self._failure_check(study, max_failure_rate)
+
+            try:
+                with _Heartbeat(storage, running, study):
+                    driver.run(feed, done)
+            except SweepInterrupted:
                 interrupted = True
-                print("\n[hexsweep] interrupted: stopping running trials ...", file=sys.stderr, flush=True)
-                runner.interrupt()
-                for fut, (trial, job_dir) in list(running.items()):
-                    fut.exception()
-                    self._finish(study, trial, job_dir)
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-                runner.pool.shutdown(wait=False)
         else:
             too_many = self._batched(study, space, fixed, directions, remaining, n_jobs, max_failure_rate)
         self._report(study, sweep_dir, storage_spec)
-        if interrupted or too_many:  # Hydra's post-sweep callback will not run: report here
+        if interrupted:  # the driver has reported the sweep
+            print(f"[hexsweep] or continue the study in a new folder: resume=true (same study {self.study_name!r})",
+                  file=sys.stderr)
+            raise SweepInterrupted("interrupted")
+        if too_many:  # Hydra's post-sweep callback will not run: report here
             report_sweep(sweep_dir, interrupted=True)
-        if interrupted:
-            print(f"[hexsweep] resume with: resume=true (same study {self.study_name!r})", file=sys.stderr)
-            raise SystemExit(130)
         if too_many:
             print(f"hexsweep: {too_many}", file=sys.stderr)
             raise SystemExit(1)
@@ -306,7 +295,7 @@ class OptunaSearch:
         n = getattr(self.launcher, "params", {}).get("n_jobs") if hasattr(self.launcher, "params") else None
         return n if isinstance(n, int) and n > 0 else None
 
-    def _start(self, study, space, fixed, directions, runner, sweep_dir):
+    def _start(self, study, space, fixed, directions, sweep_dir):
         trial = study.ask(space)
         overrides = self._overrides(trial, space, fixed, directions)
         blocker = self._oom_blocked(study, trial.params) if space else None
@@ -317,8 +306,8 @@ class OptunaSearch:
             _tell(study, trial, state=TrialState.FAIL)
             return None
         try:
-            cfg = runner.job_config(overrides, trial.number)
-            validate(cfg)
+            cfg = compose_job(self.hydra_context, self.config, sweep_dir, overrides, trial.number)
+            self.app.validate(cfg)
         except Exception as e:  # a sampled value the config rejects: that trial fails, the sweep goes on
             trial.set_user_attr("fail_status", "invalid")
             trial.set_user_attr("fail_reason", str(e).splitlines()[0])
@@ -328,7 +317,7 @@ class OptunaSearch:
         trial.set_user_attr("job_dir", str(job_dir))
         trial.set_user_attr("overrides", [o for o in overrides if not o.startswith("optuna.")])
         trial.set_user_attr("host", os.uname().nodename)
-        return runner.submit(cfg), trial, job_dir
+        return cfg, trial, job_dir
 
     def _batched(self, study, space, fixed, directions, remaining, n_jobs, max_failure_rate) -> str | None:
         """Any other Hydra launcher: batches of n_jobs single trials (each batch waits for its slowest)."""
@@ -360,7 +349,7 @@ class OptunaSearch:
         return None
 
     def _report(self, study: optuna.Study, sweep_dir: Path, storage_spec: str) -> None:
-        from hexsweep.study import best_summary, study_plots
+        from hexsweep.search.results import best_summary, study_plots
 
         try:
             study_plots(study, sweep_dir)

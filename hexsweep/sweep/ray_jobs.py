@@ -19,9 +19,9 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 from omegaconf import DictConfig
 
-from hexsweep.cli import fail
-from hexsweep.errors import ConfigError
-from hexsweep.sweep.launcher import compose_job, job_return, record_death, validate_all, write_manifest
+from hexsweep.jobfolder import record_death
+from hexsweep.sweep.apps import app_for
+from hexsweep.sweep.launcher import compose_job, job_return, validate_all, write_manifest
 from hexsweep.sweep.ray_options import concurrent_tasks, init_options, remote_options
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     def job_config(overrides: Sequence[str], num: int) -> DictConfig:
         return compose_job(launcher.hydra_context, config, sweep_dir, overrides, num)
 
-    configs = validate_all(job_config, job_overrides, initial_job_idx)  # before touching the cluster
+    app = app_for(launcher.task_function)
+    configs = validate_all(job_config, job_overrides, initial_job_idx, app)  # before touching the cluster
     remote = remote_options(launcher.ray_cfg.remote)
     at_once = cluster_concurrency(launcher, len(configs))
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -53,21 +54,18 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         cfg, job_dir = pending.pop(done[0])
-        returns[int(cfg.hydra.job.num)] = collect(done[0], cfg, job_dir)
+        returns[int(cfg.hydra.job.num)] = collect(done[0], cfg, job_dir, app)
     return [returns[num] for num in sorted(returns)]
 
 
 def cluster_concurrency(launcher: Any, jobs: int = 1024) -> int:
     """How many of this launcher's tasks (at most ``jobs``) the cluster runs at once; connects
-    to it first. One line and exit 2 when no node can hold one."""
+    to it first. A ConfigError (one line) when no node can hold one."""
     start_ray(init_options(launcher.ray_cfg.init))
-    try:
-        return concurrent_tasks(ray.nodes(), remote_options(launcher.ray_cfg.remote), jobs)
-    except ConfigError as e:
-        fail(str(e))
+    return concurrent_tasks(ray.nodes(), remote_options(launcher.ray_cfg.remote), jobs)
 
 
-def collect(ref: Any, cfg: DictConfig, job_dir: Path) -> JobReturn:
+def collect(ref: Any, cfg: DictConfig, job_dir: Path, app: Any) -> JobReturn:
     """The job's return; a ``crashed`` record when Ray lost the task (its worker or node died).
 
     The job itself never raises (it records its failure), so any error here is Ray's."""
@@ -76,6 +74,8 @@ def collect(ref: Any, cfg: DictConfig, job_dir: Path) -> JobReturn:
     except ray.exceptions.RayError as e:
         lines = str(e).strip().splitlines()
         how = f"did not finish under Ray ({type(e).__name__}{': ' + lines[0] if lines else ''})"
-        record = record_death(job_dir, cfg, how, "Crashed")
+        identity = {"experiment": cfg.get("experiment_name"), "overrides": list(cfg.hydra.overrides.task),
+                    "job": {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}}
+        record = record_death(job_dir, how, "Crashed", identity)
         log.error("job %s crashed: %s", cfg.hydra.job.num, how)
-        return job_return(cfg, job_dir, record)
+        return job_return(cfg, job_dir, record, app)

@@ -5,7 +5,8 @@ hexsweep/sweep/launcher.py, imported when a sweep actually launches.
 """
 
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,12 @@ class HexsweepLauncherConf:
     _target_: str = "hydra_plugins.hexsweep_launcher.launcher.HexsweepLauncher"
     # jobs at once; null: what the machine holds (GPU slots, else CPU cores), at most the job count
     n_jobs: int | None = None
-    # kill a job that runs longer than this (seconds) and record it as failed; null: no limit
+    # interrupt, then kill, a job that runs longer than this (seconds), recorded failed; null: no limit
     timeout_s: float | None = None
+    # kill a job whose training made no progress (heartbeat) for this long, recorded stalled; null: off
+    stall_timeout_s: float | None = 900.0
+    # seconds an interrupted job (Ctrl-C, SIGTERM, timeout) has to stop before it gets SIGKILL
+    kill_grace_s: float = 30.0
     # live progress on stderr: auto (always in a sweep) | off
     progress: str = "auto"
     progress_interval_s: float = 15.0
@@ -46,14 +51,44 @@ class JobConfigLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
-        from hexsweep.sweep.launcher import memoize_sweep_configs
 
-        memoize_sweep_configs(hydra_context.config_loader)
+
+def exit_on_error(fn: Callable[[], Any]) -> Any:
+    """The launcher is an entry point: a bad job config exits 2 with one line, an interrupted
+    sweep (already reported, resume command printed) exits 130."""
+    from hexsweep.cli import fail
+    from hexsweep.errors import HexsweepError
+    from hexsweep.sweep.driver import SweepInterrupted
+
+    try:
+        return fn()
+    except SweepInterrupted:
+        raise SystemExit(130) from None
+    except HexsweepError as e:
+        fail(str(e))
+
+
+def check_params(params: dict) -> None:
+    """One line, before any job starts, for a launcher value that cannot work."""
+    from hexsweep.cli import fail
+
+    for key in ("timeout_s", "stall_timeout_s"):
+        v = params.get(key)
+        if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            fail(f"hydra.launcher.{key}={v} is invalid: allowed a number of seconds > 0, or null (no limit)")
+    v = params.get("kill_grace_s")
+    if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+        fail(f"hydra.launcher.kill_grace_s={v} is invalid: allowed a number of seconds >= 0")
+    v = params.get("n_jobs")
+    if v is not None and not (isinstance(v, int) and v > 0):
+        fail(f"hydra.launcher.n_jobs={v} is invalid: allowed an integer > 0, or null (what the machine holds)")
 
 
 class HexsweepLauncher(JobConfigLauncher):
+    async_jobs = True  # the Optuna sweeper may feed it one trial at a time (sweep/driver.py)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import launcher
 
-        return launcher.launch(self, job_overrides, initial_job_idx)
+        check_params(self.params)
+        return exit_on_error(lambda: launcher.launch(self, job_overrides, initial_job_idx))

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
-from hydra_plugins.hexsweep_launcher.launcher import JobConfigLauncher
+from hydra_plugins.hexsweep_launcher.launcher import JobConfigLauncher, exit_on_error
 
 
 class HexsweepRayLauncher(JobConfigLauncher):
@@ -27,9 +27,9 @@ class HexsweepRayLauncher(JobConfigLauncher):
         """Tasks the cluster runs at once (connects to it)."""
         from hexsweep.sweep import ray_jobs
 
-        return ray_jobs.cluster_concurrency(self)
+        return exit_on_error(lambda: ray_jobs.cluster_concurrency(self))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import ray_jobs
 
-        return ray_jobs.launch(self, job_overrides, initial_job_idx)
+        return exit_on_error(lambda: ray_jobs.launch(self, job_overrides, initial_job_idx))

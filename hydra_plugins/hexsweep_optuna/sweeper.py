@@ -71,4 +71,6 @@ class HexsweepOptunaSweeper(Sweeper):
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        return self.search.sweep(arguments)
+        from hydra_plugins.hexsweep_launcher.launcher import exit_on_error
+
+        return exit_on_error(lambda: self.search.sweep(arguments))

@@ -1,0 +1,94 @@
+"""The seam between the generic job runner and one Hydra app.
+
+The hexsweep launcher runs the jobs of any ``@hydra.main`` app. What only hexsweep's own
+training app has (a schema to validate before any job starts, the job-folder contract with
+``result.json``, the end-of-sweep report) sits behind ``JobApp``, which that app registers
+for its task function with ``@job_app(...)`` under ``@hydra.main``. Every other app gets
+``PlainApp``: Hydra's semantics, with nothing read from or written into its job folders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hexsweep.devices import usable_cores
+
+
+class JobApp:
+    """Defaults are a plain Hydra app's; hexsweep.train overrides them (sweep/train_app.py)."""
+
+    #: modules the job server imports once, so that each job starts without importing them
+    preload: tuple[str, ...] = ()
+    #: its jobs beat (hexsweep.heartbeat) from their start, so the stall watchdog watches
+    #: them from the start; a plain app's job is watched only once it has beaten
+    beats_from_start: bool = False
+    #: jobs never raise: failures live in the job folder, and Hydra gets COMPLETED + NaN
+    records_failures: bool = False
+
+    def validate(self, cfg: DictConfig) -> None:
+        """Raise a HexsweepError (one line) for a job config that must not start."""
+
+    def default_n_jobs(self, cfg: DictConfig, num_jobs: int) -> int:
+        """Jobs at once when ``hydra.launcher.n_jobs`` is not set: the CPU cores."""
+        return max(1, min(usable_cores(), num_jobs))
+
+    def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
+        """For resume: the job's earlier result if it already completed, else None."""
+        return None
+
+    def settle(self, cfg: DictConfig, job_dir: Path, death: tuple[str, str] | None,
+               force: bool = False) -> dict[str, Any] | None:
+        """After the job's process ended: its record in the job folder, writing it for a job
+        that could not (``death`` = (kind, how), kind a key of jobfolder.DEATH_STATUS);
+        ``force``: the driver's verdict (timeout, stall) replaces what the job wrote."""
+        return None
+
+    def value_of(self, record: dict[str, Any] | None) -> Any:
+        """The objective a sweeper gets for a job whose task value the driver did not receive."""
+        return None
+
+    def report(self, sweep_dir: Path, interrupted: bool) -> None:
+        """The end-of-sweep table and report, when Hydra's post-sweep callback will not run."""
+
+
+class PlainApp(JobApp):
+    pass
+
+
+PLAIN = PlainApp()
+_APPS: dict[int, JobApp] = {}
+
+
+def job_app(app: JobApp) -> Callable[[Callable], Callable]:
+    """Register ``app`` for the decorated task function (put it under ``@hydra.main``)."""
+
+    def register(task_function: Callable) -> Callable:
+        _APPS[id(task_function)] = app
+        task_function.__hexsweep_app__ = app  # survives pickling by value into a job process
+        return task_function
+
+    return register
+
+
+def app_for(task_function: Any) -> JobApp:
+    app = getattr(task_function, "__hexsweep_app__", None) or _APPS.get(id(task_function))
+    return app if isinstance(app, JobApp) else PLAIN
+
+
+def cpu_share(n_jobs: int) -> int:
+    """Threads per job when ``n_jobs`` CPU jobs share this machine's cores."""
+    return max(1, usable_cores() // max(1, n_jobs))
+
+
+def job_env(n_jobs: int) -> dict[str, str]:
+    """Environment every job of the sweep gets: its CPU share, for any app."""
+    env = dict(os.environ)
+    share = str(cpu_share(n_jobs))
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(key, share)
+    return env

@@ -1,0 +1,287 @@
+"""The sweep driver: start jobs, wait for them, watch them, interrupt them, and say how each ended.
+
+One driver serves the hexsweep launcher (a fixed list of jobs) and the Optuna sweeper (jobs
+asked for one at a time as earlier ones end). It runs in the main thread and never forks:
+jobs come from the job server (sweep/process.py). Every wait ends:
+
+- ``hydra.launcher.timeout_s``: a job running longer is interrupted, then killed, and
+  recorded as failed (Timeout).
+- ``hydra.launcher.stall_timeout_s``: a job whose heartbeat (hexsweep.heartbeat, beaten by
+  the training loop's main thread) has not moved for that long is killed and recorded
+  ``stalled``: a deadlocked or SIGSTOPped job frees its slot and the sweep goes on.
+- Ctrl-C / SIGTERM: running jobs get SIGINT; one still alive ``hydra.launcher.kill_grace_s``
+  later gets SIGKILL; a second Ctrl-C kills at once. The driver then reports what finished
+  and raises SweepInterrupted (the plugin turns it into exit status 130).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from hexsweep.errors import HexsweepError
+from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED
+from hexsweep.resources.cluster import PARALLEL_ENV
+from hexsweep.sweep import process
+from hexsweep.sweep.apps import JobApp, app_for, cpu_share, job_env
+from hexsweep.sweep.progress import SweepProgress
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+class SweepInterrupted(HexsweepError):
+    """Ctrl-C or SIGTERM stopped the sweep; what finished is reported."""
+
+
+class JobDied(Exception):
+    """A plain app's job ended without an answer (killed, stalled, timed out)."""
+
+
+@dataclass
+class Outcome:
+    """How one job ended: its status word (jobfolder's vocabulary), Hydra's JobReturn, and
+    the job folder's record for apps that keep one."""
+    num: int
+    cfg: DictConfig
+    job_dir: Path
+    status: str
+    ret: JobReturn
+    record: dict[str, Any] | None = None
+    skipped: bool = False
+
+
+@dataclass
+class _Running:
+    num: int
+    cfg: DictConfig
+    job_dir: Path
+    label: str
+    proc: Any
+    conn: Any
+    beat: Any
+    started: float
+    last_count: int = 0
+    last_progress: float = 0.0
+    answer: tuple[str, JobReturn] | None = None
+    death: tuple[str, str] | None = None  # (kind, how) once the driver decided its end
+    force: bool = False  # the driver's verdict replaces what the job wrote (timeout, stall)
+    kill_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def job_label(overrides: Sequence[str], common: set[str]) -> str:
+    """What tells this job apart from the others of its sweep."""
+    return " ".join(o for o in filter_overrides(overrides) if o not in common) or "defaults"
+
+
+def common_overrides(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    sets = [set(o) for o in job_overrides]
+    return set.intersection(*sets) if len(sets) > 1 else set()
+
+
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The job's config without its hydra node, as Hydra's run_job hands it to the task."""
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+class SweepDriver:
+    def __init__(self, launcher: Any, n_jobs: int, total: int, sweep_dir: Path) -> None:
+        self.launcher = launcher
+        self.params = launcher.params
+        self.app: JobApp = app_for(launcher.task_function)
+        self.sweep_dir = sweep_dir
+        self.n_jobs = n_jobs
+        self.common: set[str] = set()
+        self.timeout_s = self.params.get("timeout_s")
+        self.stall_timeout_s = self.params.get("stall_timeout_s")
+        self.kill_grace_s = float(self.params.get("kill_grace_s", 30.0))
+        self.ctx = process.context(process.server_preload(launcher.task_function, self.app.preload))
+        self.singleton_state = Singleton.get_state()
+        self.stopping = False
+        self.running: dict[int, _Running] = {}
+        enabled = self.params.get("progress", "auto") != "off"
+        self.progress = SweepProgress(total, n_jobs, float(self.params.get("progress_interval_s", 15.0)), enabled)
+
+    # ---- one job -------------------------------------------------------------------------
+    def _start(self, cfg: DictConfig) -> Outcome | None:
+        num = int(cfg.hydra.job.num)
+        job_dir = self.sweep_dir / str(cfg.hydra.sweep.subdir)
+        label = job_label(list(cfg.hydra.overrides.task), self.common)
+        if (done := self.app.done_before(cfg, job_dir)) is not None:
+            self.progress.skipped(num, label)
+            return self._outcome(num, cfg, job_dir, COMPLETED, None, done, skipped=True)
+        payload = {"task_function": self.launcher.task_function, "hydra_context": self.launcher.hydra_context,
+                   "config": cfg, "singleton_state": self.singleton_state, "env": job_env(self.n_jobs),
+                   "cwd": str(Path.cwd()),
+                   "threads": None if self.app.records_failures else cpu_share(self.n_jobs)}
+        proc, conn, beat = process.start_job(self.ctx, f"hexsweep-job-{num}", payload)
+        now = time.monotonic()
+        self.running[num] = _Running(num, cfg, job_dir, label, proc, conn, beat, now, last_progress=now)
+        self.progress.started()
+        return None
+
+    def _watch(self, job: _Running, now: float) -> None:
+        """Timeout, stall watchdog and kill escalation for one running job."""
+        count = job.beat.value
+        if count != job.last_count:
+            job.last_count, job.last_progress = count, now
+        if job.kill_at is not None and now >= job.kill_at:
+            process.signal_job(job.proc, signal.SIGKILL)
+            job.kill_at = math.inf
+            return
+        if job.death is not None:
+            return
+        if self.timeout_s and now - job.started > self.timeout_s:
+            job.death, job.force = ("Timeout", f"exceeded hydra.launcher.timeout_s={self.timeout_s}"), True
+            process.signal_job(job.proc, signal.SIGINT)
+            job.kill_at = now + self.kill_grace_s
+            return
+        watched = self.app.beats_from_start or count > 0
+        if self.stall_timeout_s and watched and now - job.last_progress > self.stall_timeout_s:
+            job.death = ("Stalled", f"made no progress for {now - job.last_progress:.0f} s "
+                                    f"(hydra.launcher.stall_timeout_s={self.stall_timeout_s}): killed")
+            job.force = True
+            process.signal_job(job.proc, signal.SIGCONT)  # a stopped job must run to die
+            process.signal_job(job.proc, signal.SIGKILL)
+            job.kill_at = math.inf
+
+    def _finish(self, job: _Running) -> Outcome:
+        job.proc.join(5)
+        if job.answer is None:
+            job.answer = process.receive(job.conn)
+        job.conn.close()
+        code = job.proc.exitcode
+        death = job.death
+        if job.answer is None and death is None:
+            how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exited with code {code} without a result")
+            interrupted = self.stopping and code in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM)
+            death = ("Interrupted" if interrupted else "Crashed", how)
+        elif job.answer is not None and not job.force:
+            death = None
+        record = self.app.settle(job.cfg, job.job_dir, death if (job.answer is None or job.force) else None,
+                                 force=job.force) if self.app.records_failures else None
+        if record is not None:
+            status = str(record.get("status"))
+        elif job.answer is not None and not job.force:
+            status = COMPLETED if job.answer[0] == "completed" else FAILED
+        else:
+            status = DEATH_STATUS[death[0]] if death else CRASHED
+        out = self._outcome(job.num, job.cfg, job.job_dir, status, None if job.force else job.answer, record,
+                            death=death)
+        self.progress.finished(job.num, status, time.monotonic() - job.started, job.label)
+        return out
+
+    def _outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
+                 answer: tuple[str, JobReturn] | None, record: dict | None, skipped: bool = False,
+                 death: tuple[str, str] | None = None) -> Outcome:
+        if answer is not None:
+            ret = answer[1]
+            if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value
+                ret.return_value = self.app.value_of(record) if record is not None else ret._return_value
+        else:
+            hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
+            with read_write(hydra_cfg), open_dict(hydra_cfg):
+                hydra_cfg.hydra.runtime.output_dir = str(job_dir)
+            ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg), hydra_cfg=hydra_cfg,
+                            working_dir=str(job_dir), task_name=str(cfg.hydra.job.name))
+            if self.app.records_failures or skipped:
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = self.app.value_of(record)
+            else:
+                ret.status = JobStatus.FAILED
+                kind, how = death or ("Crashed", "ended without a result")
+                ret.return_value = JobDied(f"job {num} ({job_label(ret.overrides, self.common)}) {how} [{kind}]")
+        return Outcome(num, cfg, job_dir, status, ret, record, skipped)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
+        """Keep up to n_jobs running, taking configs from ``feed`` (None: nothing more for now),
+        until ``feed`` has nothing and no job runs. Raises SweepInterrupted on Ctrl-C/SIGTERM."""
+        import os
+
+        os.environ[PARALLEL_ENV] = str(self.n_jobs)  # the jobs' CPU share (resources/job.py)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            with self.progress:
+                try:
+                    self._loop(feed, on_done)
+                except KeyboardInterrupt:
+                    self._interrupt(on_done)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if self.stopping:
+            self.app.report(self.sweep_dir, interrupted=True)
+            print(f"[hexsweep] resume with: hydra.sweep.dir={self.sweep_dir} resume=true", file=sys.stderr,
+                  flush=True)
+            raise SweepInterrupted("interrupted")
+
+    def _loop(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
+        more = True
+        while True:
+            while more and not self.stopping and len(self.running) < self.n_jobs:
+                cfg = feed()
+                if cfg is None:
+                    more = False
+                    break
+                if (skipped := self._start(cfg)) is not None:
+                    on_done(skipped)
+            if not self.running:
+                if not more:
+                    return
+                continue
+            self._wait_once(on_done)
+            more = True  # a finished job may let the feed give more (Optuna)
+
+    def _wait_once(self, on_done: Callable[[Outcome], None]) -> None:
+        jobs = list(self.running.values())
+        waitables = [j.proc.sentinel for j in jobs] + [j.conn for j in jobs if j.answer is None]
+        ready = set(wait(waitables, timeout=POLL_S))
+        now = time.monotonic()
+        for job in jobs:
+            if job.answer is None and job.conn in ready:
+                job.answer = process.receive(job.conn)
+            if job.proc.sentinel in ready or not job.proc.is_alive():
+                del self.running[job.num]
+                on_done(self._finish(job))
+            else:
+                self._watch(job, now)
+
+    def _interrupt(self, on_done: Callable[[Outcome], None]) -> None:
+        """SIGINT to every running job, SIGKILL after kill_grace_s, at once on a second Ctrl-C."""
+        self.stopping = True
+        print(f"\n[hexsweep] interrupted: stopping {len(self.running)} running job(s) "
+              f"(SIGKILL after {self.kill_grace_s:g} s; Ctrl-C again to kill now) ...", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        for job in self.running.values():
+            process.signal_job(job.proc, signal.SIGCONT)
+            process.signal_job(job.proc, signal.SIGINT)
+            job.kill_at = now + self.kill_grace_s
+        while self.running:
+            try:
+                self._wait_once(on_done)
+            except KeyboardInterrupt:
+                print("[hexsweep] killing the running jobs now", file=sys.stderr, flush=True)
+                for job in self.running.values():
+                    job.kill_at = 0.0

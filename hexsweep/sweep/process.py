@@ -1,0 +1,178 @@
+"""One process per job, never forked from a threaded process.
+
+Jobs start from multiprocessing's ``forkserver``: a fresh interpreter (fork + exec, safe from
+any parent) that imports torch and the task's module once, stays single-threaded, and forks
+one child per job. The driver itself may run threads (progress line, Optuna heartbeats,
+SQLite, logging): a child forked straight from it could inherit a lock that one of those
+threads held at that moment and hang for ever (this happened: a job stuck in
+``sqlite3Malloc``). A forked child of the server starts in milliseconds, never shares CUDA
+state with the driver (neither the driver nor the server initialises CUDA), and runs
+Hydra's own ``run_job``, so the job's folder, logging, ``JobReturn`` and chdir are Hydra's.
+
+The payload (task function, Hydra context, config) goes to the child cloudpickled: the task
+function of ``python -m pkg.app`` or of a script is defined in ``__main__`` and wrapped by
+``@hydra.main``, which plain pickle cannot reference. As with any forkserver or spawn
+start, the app's script is imported again in the job (as ``__mp_main__``): its
+``@hydra.main`` call must sit under ``if __name__ == "__main__":``, as Hydra's examples do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+PR_SET_PDEATHSIG = 1
+JOB_PROCESS_ENV = "HEXSWEEP_JOB_PROCESS"
+
+_context: Any = None
+
+
+class JobRaised(Exception):
+    """A job's exception that could not travel back to the driver as itself."""
+
+
+def server_preload(task_function: Any, extra: tuple[str, ...]) -> list[str]:
+    """What the job server imports once: what the app's module imports, and what its app declares.
+
+    Not the app's main module itself: multiprocessing runs it again in every job (as
+    ``__mp_main__``), and runpy warns when that module is already imported under its name."""
+    main = sys.modules.get("__main__")
+    mods = list(extra)
+    module = getattr(task_function, "__module__", None)
+    sources = [main] if module == "__main__" else [main, sys.modules.get(module or "")]
+    for source in sources:
+        if source is None or getattr(getattr(source, "__spec__", None), "name", "").endswith("__main__"):
+            continue  # python -m pytest, python -m pkg: the runner's own main, not the app's
+        for value in vars(source).values():
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name in sys.modules and not name.startswith(("__main__", "__mp_main__")):
+                mods.append(name)
+    if module and module in sys.modules and module not in ("__main__", "__mp_main__"):
+        mods.append(module)
+    return [*dict.fromkeys(mods)]
+
+
+def context(preload: list[str]) -> Any:
+    """The forkserver context, started once per driver with ``preload``.
+
+    multiprocessing keeps one server per process; a later call (a second sweep in the same
+    interpreter, as in tests) reuses it, and its jobs import what the server lacks."""
+    global _context
+    if _context is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(preload)
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # fork+exec now, while the driver composes the jobs
+        _context = ctx
+    return _context
+
+
+def start_job(ctx: Any, name: str, payload: dict[str, Any]) -> tuple[Any, Connection, Any]:
+    """Start one job; returns (process, the driver's end of its result pipe, its beat counter)."""
+    beat = ctx.RawValue("Q", 0)
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    blob = cloudpickle.dumps(payload)
+    proc = ctx.Process(target=_job_main, name=name, args=(blob, child_end, beat), daemon=False)
+    proc.start()
+    child_end.close()
+    return proc, parent_end, beat
+
+
+def receive(conn: Connection) -> tuple[str, Any] | None:
+    """The job's answer ("completed"/"failed", JobReturn), or None if it sent none."""
+    try:
+        if conn.poll():
+            return pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError, pickle.UnpicklingError, AttributeError, ImportError):
+        return None
+    return None
+
+
+def signal_job(proc: Any, sig: int) -> None:
+    """Signal the job's whole process group (its DataLoader or generation workers too)."""
+    if proc.pid is None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # not yet its own group leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, sig)
+
+
+# ---- in the job process ---------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: SIGTERM if the job server dies (it dies with the driver): no orphaned jobs."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _send(conn: Connection, status: str, ret: Any) -> None:
+    value = ret._return_value
+    if status == "failed" and isinstance(value, BaseException) and value.__traceback__ is not None:
+        # a pickled exception loses its traceback: keep the job's frames as a note, which
+        # Hydra prints with the error in the driver
+        frames = "".join(traceback.format_tb(value.__traceback__))
+        value.add_note(f"[in the job process]\nTraceback (most recent call last):\n{frames.rstrip()}")
+    try:
+        data = cloudpickle.dumps((status, ret))
+    except Exception:  # an unpicklable return value or exception: send what can be sent
+        value = ret._return_value
+        text = "".join(traceback.format_exception(value)) if isinstance(value, BaseException) else repr(value)
+        ret._return_value = JobRaised(text) if isinstance(value, BaseException) else text
+        data = cloudpickle.dumps((status, ret))
+    conn.send_bytes(data)
+
+
+def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
+    """The job process: Hydra's run_job on the job's config; the JobReturn goes back by pipe."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # its own group: the driver can stop its workers with it
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobStatus, run_job, setup_globals
+
+    from hexsweep import heartbeat
+
+    p = pickle.loads(blob)
+    os.environ.clear()
+    os.environ.update(p["env"])
+    os.environ[JOB_PROCESS_ENV] = "1"
+    with contextlib.suppress(OSError):
+        os.chdir(p["cwd"])
+    heartbeat.attach(beat)
+    if p["threads"] and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(p["threads"])
+    setup_globals()
+    Singleton.set_state(p["singleton_state"])
+    HydraConfig.instance().set_config(p["config"])
+    try:
+        ret = run_job(hydra_context=p["hydra_context"], config=p["config"], task_function=p["task_function"],
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # multiprocessing's exit path runs the finalizers
+    except BaseException as e:  # SystemExit from the task, or Hydra itself failing
+        from hydra.core.utils import JobReturn
+
+        ret = JobReturn(overrides=list(p["config"].hydra.overrides.task), status=JobStatus.FAILED)
+        ret._return_value = e
+    _send(conn, "completed" if ret.status == JobStatus.COMPLETED else "failed", ret)
+    conn.close()

@@ -1,0 +1,68 @@
+"""hexsweep.train's side of the runner seam (sweep/apps.py): its schema, its job folders, its report.
+
+Registered by ``hexsweep.train`` for its task function. A plain Hydra app never reaches this
+module: the runner only calls these methods through ``app_for(task_function)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hexsweep.config import validate
+from hexsweep.devices import usable_cores
+from hexsweep.jobfolder import FINISHED_OK, completed_result, read_result, record_death
+from hexsweep.resources.gpus import gpu_count
+from hexsweep.sweep.apps import JobApp
+
+
+class TrainApp(JobApp):
+    # torch's optimizer stack and the training code, imported once by the job server
+    preload = ("hexsweep.sweep.warm",)
+    beats_from_start = True
+    records_failures = True
+
+    def validate(self, cfg: DictConfig) -> None:
+        validate(cfg)
+
+    def default_n_jobs(self, cfg: DictConfig, num_jobs: int) -> int:
+        """GPU slots if there are GPUs (and the job may use them), else the CPU cores."""
+        device = str(cfg.device)
+        gpus = gpu_count() if device == "auto" or device.startswith("cuda") else 0
+        machine = gpus * int(cfg.slots_per_gpu) if gpus else usable_cores()
+        return max(1, min(machine, num_jobs))
+
+    def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
+        if not cfg.get("resume"):
+            return None
+        return completed_result(job_dir, list(cfg.hydra.overrides.task))
+
+    def settle(self, cfg: DictConfig, job_dir: Path, death: tuple[str, str] | None,
+               force: bool = False) -> dict[str, Any] | None:
+        record = read_result(job_dir)
+        mine = record is not None and record.get("status") not in ("running", "crashed", "corrupt")
+        if death is None and mine:
+            return record
+        kind, how = death or ("Crashed", "ended without a result")
+        return record_death(job_dir, how, kind, job_identity(cfg), force=force)
+
+    def value_of(self, record: dict[str, Any] | None) -> Any:
+        if record and record.get("status") in FINISHED_OK:
+            return (record.get("objective") or {}).get("value", math.nan)
+        return math.nan
+
+    def report(self, sweep_dir: Path, interrupted: bool) -> None:
+        from hexsweep.sweep.callbacks import report_sweep
+
+        report_sweep(sweep_dir, interrupted=interrupted)
+
+
+def job_identity(cfg: DictConfig) -> dict[str, Any]:
+    return {"experiment": cfg.get("experiment_name"), "overrides": list(cfg.hydra.overrides.task),
+            "job": {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}}
+
+
+TRAIN_APP = TrainApp()

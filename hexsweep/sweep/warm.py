@@ -1,0 +1,11 @@
+"""Imported by the job server before it forks any job: what every training job would import
+on first use, loaded once so that each job starts without it.
+
+Building a torch optimizer imports torch._dynamo, sympy and ~800 modules (~1.5-2.7 s). It
+runs no parallel kernel (one scalar parameter), so the server never starts the OpenMP
+pool that a forked child could not use, and it never touches CUDA.
+"""
+
+import torch
+
+torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])

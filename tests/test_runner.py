@@ -1,0 +1,133 @@
+"""The job runner's promises: no fork from a threaded process, and every wait ends.
+
+Real processes throughout: a SIGSTOPped job, a job that blocks for ever deaf to SIGINT, a
+driver interrupted once and twice, and the SQLite search that once deadlocked a job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import psutil
+import pytest
+from sweep_helpers import read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
+
+from hexsweep.naming import host
+from hexsweep.resources.slots import read_holders
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data(data_root, tiny_dataset):
+    return data_root
+
+
+def start(outputs, data, *overrides):
+    return subprocess.Popen(sweep_cmd(outputs, data, *overrides), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def free_slots(outputs) -> bool:
+    return not read_holders(outputs / ".locks" / host())
+
+
+def test_jobs_come_from_a_single_threaded_server_not_the_driver(hydra_sweep_runner, tmp_path):
+    """Each job's parent is the job server, which has one thread, whatever the driver runs."""
+
+    def task(cfg):
+        parent = os.getppid()
+        return parent, len(os.listdir(f"/proc/{parent}/task"))
+
+    with hydra_sweep_runner(calling_file=None, calling_module="hydra.test_utils.a_module", task_function=task,
+                            config_path="configs", config_name="compose.yaml",
+                            overrides=["hydra/launcher=hexsweep", "hydra.launcher.progress=off", "+a=1,2"],
+                            temp_dir=str(tmp_path)) as sweep:
+        rets = sweep.returns[0]
+    parents = {r.return_value[0] for r in rets}
+    assert os.getpid() not in parents
+    assert all(r.return_value[1] == 1 for r in rets)  # fork from a process with no other thread
+
+
+def test_a_stopped_job_is_killed_as_stalled_and_frees_its_slot(tmp_path, data):
+    """SIGSTOP freezes a job (its sampler thread too); the watchdog kills it, records it
+    ``stalled``, frees its slot, and the other job finishes."""
+    proc = start(tmp_path, data, "trainer.epochs=30,2", "fault.sleep_s_per_epoch=0.5", "hydra.launcher.n_jobs=2",
+                 "hydra.launcher.stall_timeout_s=5")
+    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    os.kill(r["pid"], signal.SIGSTOP)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    sweep = sweep_dirs(tmp_path)[0]
+    assert read_result(sweep / "0")["status"] == "stalled"
+    assert "made no progress" in read_result(sweep / "0")["error"]["message"]
+    assert read_result(sweep / "1")["status"] == "completed"
+    df = pd.read_csv(sweep / "results.csv").set_index("job_num")
+    assert df.loc[0, "status"] == "stalled"
+    assert "0 (trainer.epochs=30): stalled" in err
+    assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert free_slots(tmp_path)
+
+
+def test_a_job_that_blocks_for_ever_is_stalled_and_resume_reruns_it(tmp_path, data):
+    out = run_sweep(tmp_path, data, "fault.hang_at_epoch=1,null", "hydra.launcher.n_jobs=2",
+                    "hydra.launcher.stall_timeout_s=4", timeout=240)
+    assert out.returncode == 1, out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    assert read_result(sweep / "0")["status"] == "stalled"
+    assert read_result(sweep / "1")["status"] == "completed"
+    assert free_slots(tmp_path)
+    first_start = read_result(sweep / "0")["started_at"]
+    kept = read_result(sweep / "1")["started_at"]
+    again = run_sweep(tmp_path, data, "fault.hang_at_epoch=1,null", "hydra.launcher.n_jobs=2",
+                      "hydra.launcher.stall_timeout_s=4", f"hydra.sweep.dir={sweep}", "resume=true", timeout=240)
+    # resume counts a stalled job as not completed: it runs (and stalls) again; job 1 is kept
+    assert again.returncode == 1, again.stderr
+    assert read_result(sweep / "1")["started_at"] == kept
+    assert read_result(sweep / "0")["status"] == "stalled"
+    assert read_result(sweep / "0")["started_at"] != first_start
+
+
+def test_interrupt_escalates_to_sigkill_for_a_job_deaf_to_sigint(tmp_path, data):
+    proc = start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=2",
+                 "hydra.launcher.stall_timeout_s=null")
+    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    sweep = sweep_dirs(tmp_path)[0]
+    wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)  # now it hangs
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: hydra.sweep.dir=" in err
+    assert read_result(sweep / "0")["status"] == "interrupted"
+    assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert free_slots(tmp_path)
+
+
+def test_a_second_interrupt_kills_at_once(tmp_path, data):
+    proc = start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=3600",
+                 "hydra.launcher.stall_timeout_s=null")
+    wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    sweep = sweep_dirs(tmp_path)[0]
+    wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)  # not the hour of kill_grace_s
+    assert proc.returncode == 130, err
+    assert read_result(sweep / "0")["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_the_sqlite_search_that_deadlocked_finishes(tmp_path, data, attempt):
+    """The command that once left a job stuck in sqlite3Malloc (forked while a driver thread
+    held SQLite's mutex) now always ends."""
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    out = run_sweep(tmp_path, data, "search=hex_tpe", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                    f"hydra.sweeper.storage={db}", "trainer.epochs=2", timeout=300)
+    assert out.returncode == 0, out.stderr
+    statuses = [r["status"] for d in sweep_dirs(tmp_path)[0].iterdir() if d.is_dir() and (r := read_result(d))]
+    assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
