@@ -41,17 +41,21 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         f.write(line)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file, skipping a torn last line left by a killed writer."""
+def read_jsonl(path: str | os.PathLike, key: str | None = None) -> list[dict]:
+    """Read a JSONL file of objects, skipping what a killed writer or a stray hand left: a torn
+    last line, bytes that are not UTF-8, a line that is not an object, or (with ``key``) an
+    object without that key."""
     rows = []
     try:
-        with open(path) as f:
-            for line in f:
+        with open(path, "rb") as f:
+            for raw in f:
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
-    except FileNotFoundError:
+                if isinstance(row, dict) and (key is None or key in row):
+                    rows.append(row)
+    except (FileNotFoundError, IsADirectoryError):
         return []
     return rows
 

@@ -238,7 +238,9 @@ class TrainConfig:
     seed: int = ranged(0, **SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     num_threads: int | None = ranged(None, gt=0)  # torch threads; None: this job's share of the cores
-    resume: bool = False  # in a sweep: skip jobs whose folder already holds a completed result
+    # in a sweep: skip jobs whose folder already holds a completed result; wait: the same, and
+    # wait for a driver that still runs this sweep folder instead of refusing
+    resume: Any = False
     retry_on_oom: bool = False  # retry a job that ran out of memory once at half the batch size
     slots_per_gpu: int = ranged(1, gt=0)  # jobs that may share one GPU
 
@@ -356,6 +358,7 @@ def validate(cfg: Any) -> None:
     job_name = OmegaConf.select(cfg, "hydra.job.name", default=None, throw_on_resolution_failure=False)
     if job_name is not None:  # Hydra names the job's log file after it
         _check_name("hydra.job.name", job_name)
+    _check(cfg.resume in (True, False, "wait"), "resume", cfg.resume, "true, false or wait")
     _check(cfg.trainer.lr_schedule in ("none", "cosine"), "trainer.lr_schedule",
            cfg.trainer.lr_schedule, "'none' or 'cosine'")
     _check(cfg.trainer.progress in ("auto", "on", "off"), "trainer.progress", cfg.trainer.progress,

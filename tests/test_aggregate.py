@@ -44,20 +44,21 @@ def test_broken_and_missing_job_folders_become_rows(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     df = aggregate([sweep]).set_index("job_num")
     assert df.loc[0, "status"] == "completed" and df.loc[1, "objective"] == 1.0
-    assert df.loc[2, "status"] == "missing" and df.loc[4, "status"] == "missing"
+    assert df.loc[2, "status"] == "corrupt" and "result.json is unreadable" in df.loc[2, "error"]
+    assert df.loc[4, "status"] == "missing"
     assert df.loc[4, "ov.seed"] == "4"
     assert df.loc[3, "status"] == "crashed"  # running, but its process is gone
     assert df.loc[6, "status"] == "not_started"
     # same experiment name, other overrides: separate rows and groups
     summary = write_report(aggregate([sweep]), sweep, [sweep])
     assert summary["best"]["job_num"] == 1
-    assert summary["by_status"] == {"completed": 3, "missing": 2, "crashed": 1, "not_started": 1}
+    assert summary["by_status"] == {"completed": 3, "corrupt": 1, "missing": 1, "crashed": 1, "not_started": 1}
     groups = summary["groups"]
     assert groups["experiment=balanced_weights"]["n"] == 2
     assert groups["experiment=balanced_weights"]["mean"] == 1.1
     assert groups["batch_size=64 experiment=balanced_weights"]["n"] == 1
     back = pd.read_parquet(sweep / "results.parquet")
-    assert len(back) == 7 and set(back["status"]) == {"completed", "missing", "crashed", "not_started"}
+    assert len(back) == 7 and set(back["status"]) == {"completed", "corrupt", "missing", "crashed", "not_started"}
     assert back.equals(pd.read_parquet(sweep / "results.parquet"))
     assert json.loads((sweep / "summary.json").read_text())["total"] == 7
 
@@ -67,7 +68,7 @@ def test_analyze_merges_sweeps_from_several_folders(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(a), str(b), "--out", str(tmp_path / "m")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "14 jobs: 6 completed, 2 crashed, 4 missing, 2 not_started" in out.stdout
+    assert "14 jobs: 6 completed, 2 corrupt, 2 crashed, 2 missing, 2 not_started" in out.stdout
     df = pd.read_csv(tmp_path / "m" / "results.csv")
     assert set(df["sweep"]) == {str(a), str(b)} and len(df) == 14
     bad = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(tmp_path / "nope")], capture_output=True,

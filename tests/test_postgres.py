@@ -117,3 +117,24 @@ def test_one_drivers_trials_are_pruned_against_the_others(tmp_path, data_root, t
     from_b = [t for t in trials if str(sweep_dirs(b)[0]) in t.user_attrs["job_dir"]]
     assert len(from_b) == 3
     assert all(t.state == TrialState.PRUNED for t in from_b), [(t.number, t.state) for t in from_b]
+
+
+@pytest.mark.parametrize("how", ["url", "env"])
+def test_the_storage_password_lands_in_no_file(tmp_path, data_root, tiny_dataset, pg_url, how):
+    """The password of an RDB URL reaches the jobs through the environment only: no file under
+    the outputs root (multirun.yaml, sweep.json, every job's .hydra/, result.json, logs,
+    reports) and no line of output holds it. The server trusts loopback, so any password works."""
+    secret = "S3CRETPW"
+    url = pg_url.replace("hex@", f"hex:{secret}@")
+    storage = url if how == "url" else "${oc.env:HEXSWEEP_TEST_STORAGE}"
+    env = {**os.environ, "HEXSWEEP_TEST_STORAGE": url}
+    cmd = [c for c in driver(tmp_path, data_root, storage, f"secret_{how}", 2) if not c.startswith("resume=")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert secret not in out.stdout + out.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "hydra.yaml" for p in files) and any(p.name == "multirun.yaml" for p in files)
+    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaks
+    study = optuna.load_study(study_name=f"secret_{how}", storage=url)
+    assert len(study.trials) == 2  # the jobs did reach the storage

@@ -217,7 +217,24 @@ def test_monitor_lists_machine_and_slot_holders(tmp_path):
     slot.release()
     assert out.returncode == 0, out.stderr
     assert "CPU" in out.stdout and "RAM" in out.stdout
-    assert f"slot cpu-0: pid {os.getpid()}, policy_heavy" in out.stdout
+    assert f"slot cpu-0: pid {os.getpid()} (" in out.stdout and "policy_heavy" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "hexsweep.monitor", "--interval", "0"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "--interval 0.0 is invalid" in bad.stderr
+
+
+def test_a_slot_wait_names_the_holder_and_flags_a_stopped_one(tmp_path):
+    """"waiting for a free slot" says who holds it: pid, state, job, sweep folder, since when."""
+    from hexsweep.resources.slots import describe_holder, holder_state
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert holder_state(sleeper.pid) == "alive but idle (stalled?)"
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        assert holder_state(sleeper.pid).startswith("STOPPED")
+        line = describe_holder({"slot": "cpu-0", "pid": sleeper.pid, "since": 0, "job_dir": "/runs/sweep-a/3"})
+        assert line.startswith(f"cpu-0 held by pid {sleeper.pid} (STOPPED") and "job 3 of /runs/sweep-a" in line
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert holder_state(sleeper.pid) == "gone"

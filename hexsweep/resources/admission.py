@@ -46,10 +46,10 @@ def learned_need(sweep_dir: Path, signature: dict[str, Any]) -> Need | None:
     ram, gpu, seen = 0.0, 0.0, 0
     for result in sweep_dir.glob("*/result.json"):
         try:
-            r = json.loads(result.read_text())
-        except (OSError, json.JSONDecodeError):
+            r = json.loads(result.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if r.get("status") != "completed" or r.get("signature") != signature:
+        if not isinstance(r, dict) or r.get("status") != "completed" or r.get("signature") != signature:
             continue
         seen += 1
         ram = max(ram, r.get("peak_rss_mb") or 0.0)
@@ -63,8 +63,10 @@ def learned_need(sweep_dir: Path, signature: dict[str, Any]) -> Need | None:
 def probed_need(outputs: Path, signature: dict[str, Any], on_gpu: bool) -> Need | None:
     """The peak that ``python -m hexsweep.probe`` measured for this model and batch size."""
     try:
-        probe = json.loads((outputs / "probe" / "latest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        probe = json.loads((outputs / "probe" / "latest.json").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(probe, dict):
         return None
     shape = {k: v for k, v in signature.items() if k != "batch_size"}
     if probe.get("signature") != shape or probe.get("device", "").startswith("cuda") != on_gpu:

@@ -21,6 +21,7 @@ import importlib
 import logging
 import math
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +31,7 @@ import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -41,6 +42,7 @@ from hexsweep.search.space import parse_params, to_override
 from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, open_storage, redact
 from hexsweep.sweep.apps import app_for
 from hexsweep.sweep.launcher import compose_job
+from hexsweep.sweep.owner import driver_alive, own
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -55,6 +57,23 @@ def job_dir_of(ret: JobReturn, fallback: Path) -> Path:
 
 class TooManyFailures(HexsweepError):
     """max_failure_rate exceeded."""
+
+
+def redact_storage(cfg: DictConfig) -> None:
+    """Mask the storage password in the sweep's config, which Hydra copies into every job's
+    ``.hydra/`` files and multirun.yaml: the value itself and its command-line override.
+    An interpolation (``${oc.env:HEXSWEEP_STORAGE}``) is kept as it is: it holds no secret."""
+    node = cfg.hydra.sweeper._get_node("storage")
+    raw = node._value() if node is not None else None
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        if isinstance(raw, str) and redact(raw) != raw:
+            cfg.hydra.sweeper.storage = redact(raw)
+        cfg.hydra.overrides.hydra = [redact(o) for o in cfg.hydra.overrides.hydra]
+
+
+def driver_record(sweep_dir: Path) -> dict[str, Any]:
+    """Who runs a trial: the orphan check of a later driver asks whether it still lives."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "sweep_dir": str(sweep_dir)}
 
 
 def directions_of(direction: Any) -> list[str]:
@@ -129,22 +148,30 @@ class OptunaSearch:
         return storage, study
 
     def _fail_orphans(self, study: optuna.Study, storage: Any) -> None:
-        """Trials a dead driver left RUNNING become FAIL (and are re-queued with retry_failed)."""
+        """Trials whose driver died while they ran become FAIL (and are re-queued with retry_failed).
+
+        Orphaned means the trial's driver is dead, not that its job ended: the driver of a
+        trial on this host holds its sweep folder's lock (sweep/owner.py) for as long as it
+        lives. A trial of a driver on another host is left to the RDB heartbeat."""
         if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
             optuna.storages.fail_stale_trials(study)
         study_id = storage.get_study_id_from_name(study.study_name)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            driver = t.user_attrs.get("driver") or {}
+            if driver_alive(driver.get("sweep_dir"), driver.get("host")) is not False:
+                continue  # alive, or unknown (another host): not ours to fail
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             job_dir = t.user_attrs.get("job_dir")
             record = read_result(job_dir) if job_dir else None
-            alive = record is not None and record.get("status") == "running"
-            if not alive and (record is None or record.get("status") != "completed"):
-                reason = "orphaned: its sweep driver died" + (f" (job {record['status']})" if record else "")
+            reason = "orphaned: its sweep driver died" + (f" (job {record['status']})" if record else "")
+            try:
                 storage.set_trial_user_attr(trial_id, "fail_reason", reason)
                 storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                log.warning("trial %d was left running by a dead driver: marked FAIL", t.number)
-                if int(self.p.get("retry_failed") or 0) > 0:
-                    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished meanwhile by a driver that was alive after all
+            log.warning("trial %d was left running by a dead driver: marked FAIL", t.number)
+            if int(self.p.get("retry_failed") or 0) > 0:
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
     # ---- one trial ---------------------------------------------------------------------
     def _overrides(self, trial: optuna.Trial, space: dict, fixed: list[str], directions: list[str]) -> list[str]:
@@ -188,6 +215,15 @@ class OptunaSearch:
         return [float((record.get("objective") or {}).get("value", math.nan))]
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, job_dir: Path) -> str:
+        """Tell Optuna how the trial's job ended; harmless if another driver already finished it."""
+        try:
+            return self._tell_outcome(study, trial, job_dir)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was already finished by another driver; its job's result is kept in %s",
+                        trial.number, job_dir)
+            return "already finished"
+
+    def _tell_outcome(self, study: optuna.Study, trial: optuna.Trial, job_dir: Path) -> str:
         record = read_result(job_dir) or {"status": "crashed", "error": {"type": "Crashed", "message": "no result"}}
         status = record.get("status")
         error = record.get("error") or {}
@@ -231,9 +267,10 @@ class OptunaSearch:
         self._fail_orphans(study, storage)
         n_trials = int(self.p.get("n_trials", 20))
         remaining = n_trials - len(study.trials) if cfg.get("resume") else n_trials
-        os.environ[STORAGE_ENV] = storage_spec
+        os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config
+        redact_storage(cfg)
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        own(sweep_dir, wait=self.app.waits_for_owner(cfg))  # one driver per sweep folder
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         n_jobs = int(self.p.get("n_jobs") or self.launcher_n_jobs() or self.app.default_n_jobs(cfg, max(remaining, 1)))
         log.info("optuna study %r in %s: %d trials to run (%d in the study), %d at once; %s",
@@ -317,6 +354,7 @@ class OptunaSearch:
         trial.set_user_attr("job_dir", str(job_dir))
         trial.set_user_attr("overrides", [o for o in overrides if not o.startswith("optuna.")])
         trial.set_user_attr("host", os.uname().nodename)
+        trial.set_user_attr("driver", driver_record(sweep_dir))
         return cfg, trial, job_dir
 
     def _batched(self, study, space, fixed, directions, remaining, n_jobs, max_failure_rate) -> str | None:
@@ -328,6 +366,7 @@ class OptunaSearch:
             batch = [self._overrides(t, space, fixed, directions) for t in trials]
             for t, o in zip(trials, batch, strict=True):
                 t.set_user_attr("overrides", [x for x in o if not x.startswith("optuna.")])
+                t.set_user_attr("driver", driver_record(sweep_dir))
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for t, r in zip(trials, returns, strict=True):
                 job_dir = job_dir_of(r, sweep_dir / str(t.number))
@@ -375,10 +414,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: T
 def grid_exhausted(study: optuna.Study) -> bool:
     sampler = study.sampler
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 class _Heartbeat:

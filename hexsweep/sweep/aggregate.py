@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from hexsweep.atomic import read_jsonl
-from hexsweep.jobfolder import RESULT_FILE, job_key, read_result
+from hexsweep.jobfolder import CORRUPT, RESULT_FILE, job_key, read_result
 
 METRIC_KEYS = ("val_objective", "val_loss", "val_policy_loss", "val_value_loss", "val_policy_acc",
                "val_value_acc", "train_loss", "train_policy_acc", "samples_per_s")
@@ -63,10 +63,12 @@ def job_row(job: Path, sweep: str) -> dict[str, Any]:
     r = read_result(job)
     row: dict[str, Any] = {"sweep": sweep, "job_dir": str(job),
                            "job_num": int(job.name) if job.name.isdigit() else None}
-    if r is None:
+    if r is None or r.get("status") == CORRUPT:
         overrides = _overrides_from_hydra(job)
-        row.update(status="missing", overrides=override_key(overrides), _overrides=overrides,
-                   error="no readable result.json (never started, or killed before writing it)")
+        error = ("no result.json (never started, or killed before writing it)" if r is None
+                 else f"Corrupt: {r['error']['message']}")
+        row.update(status="missing" if r is None else CORRUPT, overrides=override_key(overrides),
+                   _overrides=overrides, error=error)
         return row
     overrides = r.get("overrides") or []
     best, final = r.get("best") or {}, r.get("final") or {}
@@ -103,15 +105,19 @@ def job_row(job: Path, sweep: str) -> dict[str, Any]:
 
 def not_started_rows(sweep_dir: Path, seen: set[str], sweep: str) -> list[dict[str, Any]]:
     try:
-        manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = json.loads((sweep_dir / "sweep.json").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return []
+    jobs = manifest.get("jobs") if isinstance(manifest, dict) else None
     rows = []
-    for num, job in manifest.get("jobs", {}).items():
+    for num, job in (jobs if isinstance(jobs, dict) else {}).items():
+        if not isinstance(job, dict) or not str(num).isdigit() or not isinstance(job.get("dir"), str):
+            continue  # a hand-edited manifest: skip what cannot be a planned job
+        overrides = [str(o) for o in job.get("overrides") or []]
         if job["dir"] not in seen:
             rows.append({"sweep": sweep, "job_dir": str(sweep_dir / job["dir"]), "job_num": int(num),
-                         "experiment": job.get("experiment"), "overrides": override_key(job["overrides"]),
-                         "_overrides": job["overrides"], "status": "not_started"})
+                         "experiment": job.get("experiment"), "overrides": override_key(overrides),
+                         "_overrides": overrides, "status": "not_started"})
     return rows
 
 
@@ -144,4 +150,4 @@ def load_curves(df: pd.DataFrame, max_jobs: int = 200) -> dict[str, list[dict]]:
     if df.empty or "objective" not in df:
         return {}
     ranked = df[df["status"].isin(OK)].sort_values("objective").head(max_jobs)
-    return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl") for row in ranked.itertuples()}
+    return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl", key="epoch") for row in ranked.itertuples()}

@@ -37,6 +37,14 @@ class JobApp:
         """Jobs at once when ``hydra.launcher.n_jobs`` is not set: the CPU cores."""
         return max(1, min(usable_cores(), num_jobs))
 
+    def waits_for_owner(self, cfg: DictConfig) -> bool:
+        """Whether a second driver on a sweep folder waits for the first (else it refuses)."""
+        return False
+
+    def still_running(self, cfg: DictConfig, job_dir: Path) -> str | None:
+        """Who still runs this job (a process that outlived its driver), or None."""
+        return None
+
     def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
         """For resume: the job's earlier result if it already completed, else None."""
         return None

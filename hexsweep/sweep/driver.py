@@ -33,9 +33,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hexsweep.errors import HexsweepError
-from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED
+from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING
 from hexsweep.resources.cluster import PARALLEL_ENV
-from hexsweep.sweep import process
+from hexsweep.sweep import owner, process
 from hexsweep.sweep.apps import JobApp, app_for, cpu_share, job_env
 from hexsweep.sweep.progress import SweepProgress
 
@@ -116,6 +116,7 @@ class SweepDriver:
         self.timeout_s = self.params.get("timeout_s")
         self.stall_timeout_s = self.params.get("stall_timeout_s")
         self.kill_grace_s = float(self.params.get("kill_grace_s", 30.0))
+        owner.own(sweep_dir, wait=self.app.waits_for_owner(launcher.config))  # SweepBusy if another driver runs it
         self.ctx = process.context(process.server_preload(launcher.task_function, self.app.preload))
         self.singleton_state = Singleton.get_state()
         self.stopping = False
@@ -131,6 +132,11 @@ class SweepDriver:
         if (done := self.app.done_before(cfg, job_dir)) is not None:
             self.progress.skipped(num, label)
             return self._outcome(num, cfg, job_dir, COMPLETED, None, done, skipped=True)
+        if (who := self.app.still_running(cfg, job_dir)) is not None:
+            # a job that outlived its driver: starting it again would mix two runs in one folder
+            log.warning("job %d (%s) is still running (%s): not started again", num, label, who)
+            self.progress.skipped(num, label)
+            return self._outcome(num, cfg, job_dir, RUNNING, None, None, skipped=True)
         payload = {"task_function": self.launcher.task_function, "hydra_context": self.launcher.hydra_context,
                    "config": cfg, "singleton_state": self.singleton_state, "env": job_env(self.n_jobs),
                    "cwd": str(Path.cwd()),

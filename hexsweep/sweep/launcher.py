@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hexsweep.atomic import atomic_write_json
 from hexsweep.cli import first_line
 from hexsweep.errors import HexsweepError
+from hexsweep.search.storage import redact
 from hexsweep.sweep.apps import JobApp, app_for
 from hexsweep.sweep.driver import Outcome, SweepDriver, common_overrides, job_label
 
@@ -95,7 +96,7 @@ def write_manifest(sweep_dir: Path, configs: list[DictConfig], n_jobs: int) -> N
         manifest["jobs"][str(cfg.hydra.job.num)] = {
             "overrides": list(cfg.hydra.overrides.task), "dir": str(cfg.hydra.sweep.subdir),
             "experiment": cfg.get("experiment_name")}
-    manifest.update({"n_jobs": n_jobs, "command": sys.argv, "total": len(manifest["jobs"])})
+    manifest.update({"n_jobs": n_jobs, "command": [redact(a) for a in sys.argv], "total": len(manifest["jobs"])})
     atomic_write_json(path, manifest)
 
 

@@ -35,6 +35,15 @@ class TrainApp(JobApp):
         machine = gpus * int(cfg.slots_per_gpu) if gpus else usable_cores()
         return max(1, min(machine, num_jobs))
 
+    def waits_for_owner(self, cfg: DictConfig) -> bool:
+        return cfg.get("resume") == "wait"
+
+    def still_running(self, cfg: DictConfig, job_dir: Path) -> str | None:
+        record = read_result(job_dir)  # a dead process's "running" reads as crashed
+        if record is not None and record.get("status") == "running":
+            return f"pid {record.get('pid')} on {record.get('host')}"
+        return None
+
     def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
         if not cfg.get("resume"):
             return None
