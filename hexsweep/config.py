@@ -151,7 +151,8 @@ class ObjectiveConfig:
 
 @dataclass
 class StrengthConfig:
-    """Final play-strength check of the greedy policy (half the games as each colour)."""
+    """Final play-strength check of the greedy policy (half the games as each colour); with
+    ``objective.metric=strength`` also after every epoch, as the objective."""
 
     games: int = ranged(20, ge=0)
 
@@ -261,7 +262,12 @@ METRICS = (
     "policy_acc",
     "value_acc",
 )
-METRIC_NAMES = tuple(f"{split}_{m}" for split in ("train", "val") for m in METRICS)
+# recorded on the validation split only (trainer.evaluate, hexsweep/calibration.py)
+VAL_DETAIL = ("policy_top3_acc", "policy_top5_acc", "policy_entropy", "value_ece",
+              *(f"value_{m}_{stage}" for m in ("loss", "acc") for stage in ("early", "middle", "late")))
+# strength: the greedy win rate against the generator's player over strength.games, every epoch
+METRIC_NAMES = (*(f"{split}_{m}" for split in ("train", "val") for m in METRICS),
+                *(f"val_{m}" for m in VAL_DETAIL), "strength")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 
@@ -339,6 +345,9 @@ def _check_name(key: str, value: Any) -> None:
     _check(ok, key, value, NAME_ALLOWED)
 
 
+check_name = _check_name  # for entry points that check a name before Hydra uses it
+
+
 def validate(cfg: Any) -> None:
     """Range checks the type system cannot express. Raises ConfigError with one line."""
     _check_ranges(cfg)
@@ -367,6 +376,11 @@ def validate(cfg: Any) -> None:
            "one of " + ", ".join(METRIC_NAMES))
     _check(cfg.objective.direction in ("minimize", "maximize"), "objective.direction",
            cfg.objective.direction, "'minimize' or 'maximize'")
+    if cfg.objective.metric == "strength":
+        _check(cfg.objective.direction == "maximize", "objective.direction", cfg.objective.direction,
+               "'maximize' with objective.metric=strength (a win rate)")
+        _check(cfg.strength.games > 0, "strength.games", cfg.strength.games,
+               "an integer > 0 with objective.metric=strength (the games it is measured over)")
     device = str(cfg.device)
     base = device.split(":")[0]
     _check(base in DEVICES and (":" not in device or (base == "cuda" and device[5:].isdigit())),

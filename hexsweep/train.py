@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hexsweep import faults
 from hexsweep.cli import CONF_DIR, compose, fail
-from hexsweep.config import register_schema, validate
+from hexsweep.config import check_name, register_schema, validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
 from hexsweep.devices import resolve_device
@@ -225,6 +225,17 @@ def enter_launch_dir(launch_dir: str) -> None:
                     launch_dir, socket.gethostname(), e.strerror, os.getcwd())
 
 
+def anchor_paths(cfg: DictConfig, launch_dir: str) -> None:
+    """Make relative ``paths.*``, ``data.path`` and ``resources.lock_dir`` absolute under the launch
+    directory, for a job that runs in its own folder (``hydra.job.chdir=true``); otherwise each
+    job would get its own slot pool and its own copy of the dataset."""
+    with open_dict(cfg):
+        for node, key in [(cfg.paths, k) for k in list(cfg.paths)] + [(cfg.data, "path"), (cfg.resources, "lock_dir")]:
+            value = node[key]
+            if value and not os.path.isabs(str(value)):
+                node[key] = os.path.normpath(os.path.join(launch_dir, str(value)))
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 @job_app(TRAIN_APP)
 def main(cfg: DictConfig) -> float:
@@ -233,6 +244,8 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     if not hc.job.chdir:
         enter_launch_dir(hc.runtime.cwd)
+    else:  # in the job folder: relative paths still mean the launch directory's (one slot pool, one dataset)
+        anchor_paths(cfg, hc.runtime.cwd)
     if not multirun:
         try:
             validate(cfg)
@@ -259,7 +272,22 @@ def main(cfg: DictConfig) -> float:
 
 
 def precheck_argv(argv: list[str]) -> None:
-    """Fail fast, in one line, on overrides of a single run that Hydra would reject verbosely."""
+    """Fail fast, in one line, on what Hydra would otherwise meet with a traceback before any
+    hexsweep code runs: a bad override of a single run, a job name that would put Hydra's log
+    file outside the outputs root, an outputs root that cannot be written."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "hydra.job.name":
+            try:
+                check_name("hydra.job.name", value)
+            except HexsweepError as e:
+                fail(str(e))
+    outputs = next((a.partition("=")[2] for a in reversed(argv) if a.lstrip("+").startswith("paths.outputs=")),
+                   "outputs")
+    informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion"}
+    # a sweep over outputs roots is checked job by job; --help and --cfg write nothing
+    if "," not in outputs and "(" not in outputs and not informational & set(argv):
+        check_writable(outputs)
     if any(a.startswith("-") for a in argv):
         return  # multirun and Hydra's own flags: the sweep launcher validates every job
     overrides = [a for a in argv if "=" in a and not a.startswith(("hydra", "+hydra", "~hydra"))]
@@ -267,6 +295,18 @@ def precheck_argv(argv: list[str]) -> None:
         compose(overrides)
     except HexsweepError as e:
         fail(str(e))
+
+
+def check_writable(folder: str) -> None:
+    """The outputs root must take a file: one line naming it, instead of Hydra's traceback."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hexsweep-write-check-"):
+            pass
+    except OSError as e:
+        fail(f"paths.outputs={folder} cannot be written ({e.strerror or e}): allowed a folder you can write to")
 
 
 def cli_main() -> None:

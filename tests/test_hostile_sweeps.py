@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+from sweep_helpers import sweep_cmd
+
 from hexsweep.jobfolder import completed_result, read_result
 from hexsweep.resources.admission import learned_need
 from hexsweep.sweep.aggregate import aggregate, load_curves
@@ -49,3 +52,64 @@ def test_malformed_job_files_become_corrupt_rows_and_the_rest_goes_on(tmp_path):
     # resume reruns a corrupt job: it is not completed
     assert completed_result(sweep / "1", ["seed=1"]) is None
     assert read_result(sweep / "1")["status"] == "corrupt"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 300 KiB file system: a tiny sweep fills it while its jobs write their folders."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_no_job_running_and_ends_in_one_line(full_disk, data_root, tiny_dataset):
+    out = subprocess.run(sweep_cmd(full_disk, data_root, "seed=0,1,2"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hexsweep: error: cannot write the sweep's report in ") and "No space left" in last
+    assert "Traceback" not in out.stderr
+    for result in full_disk.rglob("result.json"):
+        record = read_result(result.parent)
+        assert record is None or record["status"] != "running"
+
+
+@pytest.mark.slow
+def test_chdir_true_keeps_one_slot_pool_and_one_dataset(tmp_path, data_root, tiny_dataset):
+    """With hydra.job.chdir=true each job runs in its own folder; relative paths.* still mean the
+    launch directory's, so two parallel jobs share one slot pool (cpu-0, cpu-1: not cpu-0 twice)."""
+    cmd = [c for c in sweep_cmd(tmp_path, data_root, "seed=0,1", "hydra.launcher.n_jobs=2", "hydra.job.chdir=true")
+           if not c.startswith("paths.outputs=")] + ["paths.outputs=outputs"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    slots = {read_result(sweep / j)["slot"] for j in ("0", "1")}
+    assert slots == {"cpu-0", "cpu-1"}
+    assert not list(sweep.rglob(".locks")) and not list(sweep.rglob("data"))
+
+
+def test_names_and_an_unwritable_outputs_root_are_one_line_before_hydra(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(ro)], capture_output=True)
+    try:
+        cases = [(["hydra.job.name=../../x"], "hydra.job.name='../../x' is invalid"),
+                 (["-m", "hydra.job.name=a/b", "seed=0,1"], "hydra.job.name='a/b' is invalid")]
+        if made.returncode == 0:
+            cases += [([f"paths.outputs={ro}/out"], "cannot be written (Read-only file system)"),
+                      (["-m", f"paths.outputs={ro}/out", "seed=0,1"], "cannot be written (Read-only file system)")]
+        for args, message in cases:
+            out = subprocess.run([sys.executable, "-m", "hexsweep.train", "debug=tiny", *args], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 2 and out.stderr.startswith("hexsweep: error: "), out.stderr
+            assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert not (tmp_path.parent / "x.log").exists() and not (tmp_path / "outputs").exists()
+    finally:
+        if made.returncode == 0:
+            subprocess.run(["umount", "-l", str(ro)], capture_output=True)

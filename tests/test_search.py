@@ -229,6 +229,8 @@ def test_trials_orphaned_by_a_dead_driver_are_failed_on_the_next_run(tmp_path, d
     (job / "result.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 7,
                                                  "host": __import__("socket").gethostname()}))
     orphan.set_user_attr("job_dir", str(job))
+    orphan.set_user_attr("driver", {"host": __import__("socket").gethostname(), "pid": 2**22 + 6,
+                                    "sweep_dir": str(tmp_path / "old")})  # its lock is held by nobody
     out = search(tmp_path, data, "hydra.sweeper.n_trials=2", "resume=true",
                  "optim.lr=tag(log,interval(1e-4,1e-2))")
     assert out.returncode == 0, out.stderr
@@ -270,3 +272,56 @@ def test_custom_search_space_hook(tmp_path, data):
         assert 0.0 <= t.params["model.dropout"] <= (0.3 if t.params["optim.lr"] > 1e-3 else 0.1)
         result = json.loads((__import__("pathlib").Path(t.user_attrs["job_dir"]) / "result.json").read_text())
         assert result["config"]["model"]["dropout"] == pytest.approx(t.params["model.dropout"])
+
+
+def test_a_live_drivers_trials_are_not_orphans_and_telling_twice_is_harmless(tmp_path):
+    """Orphaned means the trial's driver died, not that its job ended: a trial whose driver
+    still holds its sweep folder is left alone, whatever its job folder says."""
+    import socket
+    import textwrap
+
+    from hexsweep.search.sweeper import OptunaSearch
+
+    storage = open_storage(str(tmp_path / "s.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from hexsweep.sweep.owner import own
+        own(Path({str(live_dir)!r}))
+        print("owned", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "owned"
+        live = study.ask()
+        live.set_user_attr("driver", {"host": socket.gethostname(), "pid": holder.pid, "sweep_dir": str(live_dir)})
+        (live_dir / "0").mkdir()
+        (live_dir / "0" / "result.json").write_text(json.dumps({"status": "failed"}))  # its job ended
+        unwritten = study.ask()  # its job has not written a result yet
+        unwritten.set_user_attr("driver", {"host": socket.gethostname(), "pid": holder.pid,
+                                           "sweep_dir": str(live_dir)})
+        OptunaSearch({})._fail_orphans(study, storage)
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    finally:
+        holder.kill()
+        holder.wait()
+    OptunaSearch({})._fail_orphans(study, storage)  # now its driver is dead
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
+    # the live driver, back from a pause, tells its trial: harmless
+    assert OptunaSearch({})._finish(study, live, live_dir / "0") == "already finished"
+
+
+def test_command_line_values_stay_fixed_and_leave_the_search_space():
+    from hexsweep.search.sweeper import OptunaSearch
+
+    search = OptunaSearch({"params": {"batch_size": "choice(32,64,128)", "model.channels": "choice(8,16)",
+                                      "optim.lr": "tag(log,interval(1e-4,1e-2))"}})
+    space, fixed = search._space(["batch_size=64", "model.channels=8", "seed=3"])
+    assert set(space) == {"optim.lr"}
+    assert fixed == ["batch_size=64", "model.channels=8", "seed=3"]
+    assert search.fixed_keys == ["batch_size", "model.channels"]
+    with pytest.raises(ConfigError, match="batch_size is both fixed and searched"):
+        search._space(["batch_size=64", "batch_size=choice(16,32)"])

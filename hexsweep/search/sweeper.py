@@ -87,6 +87,7 @@ def directions_of(direction: Any) -> list[str]:
 class OptunaSearch:
     def __init__(self, params: dict[str, Any]) -> None:
         self.p = params
+        self.fixed_keys: list[str] = []
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.hydra_context: Any = None
@@ -101,18 +102,30 @@ class OptunaSearch:
     # ---- set-up -----------------------------------------------------------------------
     def _space(self, arguments: list[str]) -> tuple[dict, list[str]]:
         """``params`` of the config plus command-line sweeps (``x='interval(0,1)'``, ``b=1,2``),
-        as in the official plugin; plain command-line values stay fixed overrides."""
+        as in the official plugin. A plain command-line value fixes its key: it leaves the
+        search space (``self.fixed_keys``, recorded in the study's user_attrs); a key both
+        fixed and swept on the command line is refused."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         params = dict(self.p.get("params") or {})
-        fixed_args = []
+        fixed_args: list[str] = []
+        swept_here: set[str] = set()
         parser = OverridesParser.create()
         for arg in arguments:
             override = parser.parse_override(arg)
+            key = override.get_key_element().lstrip("+~")
             if override.is_sweep_override() and not override.is_hydra_override():
-                params[override.get_key_element().lstrip("+")] = arg.partition("=")[2]
+                params[key] = arg.partition("=")[2]
+                swept_here.add(key)
             else:
                 fixed_args.append(arg)
+        fixed_keys = {parser.parse_override(a).get_key_element().lstrip("+~") for a in fixed_args}
+        if both := sorted(fixed_keys & swept_here):
+            raise ConfigError(f"{both[0]} is both fixed and searched on the command line: give it one value, "
+                              "or a search expression, not both")
+        self.fixed_keys = sorted(fixed_keys & set(params))
+        for key in self.fixed_keys:  # the command line wins over the search space of the config
+            del params[key]
         space, fixed = parse_params(params)
         return space, fixed + fixed_args
 
@@ -265,6 +278,10 @@ class OptunaSearch:
         except HexsweepError as e:
             fail(str(e))
         self._fail_orphans(study, storage)
+        if self.fixed_keys:
+            log.info("fixed on the command line, not searched: %s", ", ".join(self.fixed_keys))
+        study.set_user_attr("fixed_on_command_line", [a for a in fixed if a.partition("=")[0].lstrip("+~")
+                                                      in self.fixed_keys])
         n_trials = int(self.p.get("n_trials", 20))
         remaining = n_trials - len(study.trials) if cfg.get("resume") else n_trials
         os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config

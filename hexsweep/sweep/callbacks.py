@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from hexsweep.errors import HexsweepError
 from hexsweep.sweep.aggregate import OK, aggregate
 from hexsweep.sweep.ray_options import fix_stock_ray_init
 from hexsweep.sweep.report import write_report
@@ -33,9 +34,18 @@ def failure_line(summary: dict[str, Any]) -> str | None:
     return f"{len(failed)} of {summary['total']} jobs failed: {shown}{more}"
 
 
+class ReportNotWritten(HexsweepError):
+    """The sweep's table or report could not be written (full or read-only disk)."""
+
+
 def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
     df = aggregate([sweep_dir])
-    summary = write_report(df, sweep_dir, [sweep_dir])
+    try:
+        summary = write_report(df, sweep_dir, [sweep_dir])
+    except OSError as e:
+        raise ReportNotWritten(f"cannot write the sweep's report in {sweep_dir}: {e.strerror or e}; "
+                               f"its jobs' folders are intact: python -m hexsweep.analyze {sweep_dir} "
+                               "--out <another folder>") from None
     ok = sum(v for k, v in summary["by_status"].items() if k in OK)
     best = summary["best"]
     best_text = (f"; best: job {best['job_num']} ({best['label']}) "
@@ -56,7 +66,11 @@ class SweepReport(Callback):
         if not sweep_dir.exists():
             return
         optuna_search = "hexsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
-        summary = report_sweep(sweep_dir, interrupted=optuna_search)
+        try:
+            summary = report_sweep(sweep_dir, interrupted=optuna_search)
+        except ReportNotWritten as e:  # a Hydra callback is this process's last word: one line, exit 1
+            print(f"hexsweep: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         if summary["failed"] and not optuna_search:
             raise SystemExit(1)
         if summary["failed"]:  # failed trials are data to a search; max_failure_rate decides

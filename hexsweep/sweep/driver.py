@@ -186,8 +186,14 @@ class SweepDriver:
             death = ("Interrupted" if interrupted else "Crashed", how)
         elif job.answer is not None and not job.force:
             death = None
-        record = self.app.settle(job.cfg, job.job_dir, death if (job.answer is None or job.force) else None,
-                                 force=job.force) if self.app.records_failures else None
+        try:
+            record = self.app.settle(job.cfg, job.job_dir, death if (job.answer is None or job.force) else None,
+                                     force=job.force) if self.app.records_failures else None
+        except OSError as e:  # a full or read-only disk: the sweep goes on, the job counts as failed
+            kind, how = death or ("Crashed", "ended without a result")
+            log.error("job %d: cannot record how it ended in %s (%s)", job.num, job.job_dir, e.strerror or e)
+            record = {"status": DEATH_STATUS.get(kind, FAILED) if death else FAILED,
+                      "error": {"type": "OSError", "message": f"cannot write its result: {e.strerror or e}"}}
         if record is not None:
             status = str(record.get("status"))
         elif job.answer is not None and not job.force:
@@ -204,8 +210,9 @@ class SweepDriver:
                  death: tuple[str, str] | None = None) -> Outcome:
         if answer is not None:
             ret = answer[1]
-            if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value
-                ret.return_value = self.app.value_of(record) if record is not None else ret._return_value
+            if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value;
+                ret.status = JobStatus.COMPLETED  # its jobs never fail Hydra's way (the report runs)
+                ret.return_value = self.app.value_of(record)
         else:
             hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
             with read_write(hydra_cfg), open_dict(hydra_cfg):
@@ -235,13 +242,16 @@ class SweepDriver:
                     self._loop(feed, on_done)
                 except KeyboardInterrupt:
                     self._interrupt(on_done)
+            if self.stopping:
+                try:
+                    self.app.report(self.sweep_dir, interrupted=True)
+                except KeyboardInterrupt:
+                    print("[hexsweep] report skipped (interrupted again)", file=sys.stderr, flush=True)
+                print(f"[hexsweep] resume with: hydra.sweep.dir={self.sweep_dir} resume=true", file=sys.stderr,
+                      flush=True)
+                raise SweepInterrupted("interrupted")
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if self.stopping:
-            self.app.report(self.sweep_dir, interrupted=True)
-            print(f"[hexsweep] resume with: hydra.sweep.dir={self.sweep_dir} resume=true", file=sys.stderr,
-                  flush=True)
-            raise SweepInterrupted("interrupted")
 
     def _loop(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
         more = True

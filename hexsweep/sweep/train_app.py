@@ -64,9 +64,14 @@ class TrainApp(JobApp):
         return math.nan
 
     def report(self, sweep_dir: Path, interrupted: bool) -> None:
-        from hexsweep.sweep.callbacks import report_sweep
+        import sys
 
-        report_sweep(sweep_dir, interrupted=interrupted)
+        from hexsweep.sweep.callbacks import ReportNotWritten, report_sweep
+
+        try:
+            report_sweep(sweep_dir, interrupted=interrupted)
+        except ReportNotWritten as e:  # interrupted anyway: say it, and let the interruption end the sweep
+            print(f"hexsweep: error: {e}", file=sys.stderr)
 
 
 def job_identity(cfg: DictConfig) -> dict[str, Any]:

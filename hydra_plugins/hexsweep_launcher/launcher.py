@@ -6,6 +6,7 @@ hexsweep/sweep/launcher.py, imported when a sweep actually launches.
 
 
 import math
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,19 +54,27 @@ class JobConfigLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def exit_on_error(fn: Callable[[], Any]) -> Any:
-    """The launcher is an entry point: a bad job config exits 2 with one line, an interrupted
-    sweep (already reported, resume command printed) exits 130."""
+    """The launcher is an entry point: a bad job config exits 2 with one line; an interrupted
+    sweep (reported, resume command printed) exits 130, also when a second SIGTERM lands
+    while the report is written."""
     from hexsweep.cli import fail
     from hexsweep.errors import HexsweepError
     from hexsweep.sweep.driver import SweepInterrupted
 
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return fn()
-    except SweepInterrupted:
+    except (SweepInterrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except HexsweepError as e:
         fail(str(e))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_params(params: dict) -> None:
