@@ -6,6 +6,9 @@ network plays BLACK in the first half of the games and WHITE in the second half.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -13,6 +16,36 @@ from hexsweep.heartbeat import beat
 from hexsweep.hex.board import BLACK, WHITE, Board
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
+
+
+@dataclass(frozen=True)
+class StrengthSpec:
+    """Games of the per-epoch strength check that ``objective.metric=strength`` ranks by: the
+    greedy policy against the generator's player (sampling at ``temperature``, no random moves)."""
+
+    games: int
+    temperature: float
+    seed: int
+
+    @classmethod
+    def for_objective(cls, cfg: Any) -> StrengthSpec | None:
+        """The spec when the objective is playing strength, else None (no games per epoch)."""
+        if cfg.objective.metric != "strength":
+            return None
+        return cls(int(cfg.strength.games), float(cfg.data.temperature), int(cfg.seed))
+
+
+@dataclass
+class GreedyNetPlayer:
+    """A network as a player: the legal cell with the highest policy logit (deterministic)."""
+
+    model: torch.nn.Module
+    device: torch.device
+    deterministic = True
+
+    def choose(self, grids: np.ndarray, mover: int, rng: np.random.Generator) -> np.ndarray:
+        self.model.eval()
+        return greedy_moves(self.model, grids, mover, self.device)
 
 
 @torch.no_grad()

@@ -28,9 +28,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hexsweep.atomic import append_jsonl, atomic_write
+from hexsweep.calibration import value_detail
 from hexsweep.data.dataset import HexDataset
+from hexsweep.evaluate import StrengthSpec, win_rate
 from hexsweep.heartbeat import beat
+from hexsweep.hex.board import EMPTY
 from hexsweep.hex.encoding import encode_batch, legal_mask
+from hexsweep.hex.players import ShortestPathPlayer
 from hexsweep.hex.symmetry import rotate180_batch, transpose_swap_batch
 from hexsweep.model import HexNet, NetConfig
 
@@ -52,10 +56,20 @@ class TrainOutcome:
     peak_gpu_mem_mb: float | None = None
 
 
+def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy logits masked to legal cells, tanh value) of a batch."""
+    boards, to_move = batch["boards"], batch["to_move"]
+    return model(encode_batch(boards, to_move), legal_mask(boards))
+
+
 def compute_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Summed (not averaged) losses and hit counts of one batch, so epochs average exactly."""
-    boards, to_move, move, value = batch["boards"], batch["to_move"], batch["move"], batch["value"]
-    logits, pred = model(encode_batch(boards, to_move), legal_mask(boards))
+    logits, pred = forward(model, batch)
+    return loss_sums(logits, pred, batch)
+
+
+def loss_sums(logits: torch.Tensor, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    move, value = batch["move"], batch["value"]
     has_target = move >= 0
     safe_target = torch.where(has_target, move, torch.zeros_like(move))
     ce = F.cross_entropy(logits.float(), safe_target, reduction="none")
@@ -71,6 +85,21 @@ def compute_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
         "policy_hits": policy_hits,
         "value_hits": value_hits,
     }
+
+
+TOP_K = (3, 5)
+
+
+def policy_detail_sums(logits: torch.Tensor, move: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Top-3/top-5 hits and the policy's entropy (nats, over legal cells), summed over the
+    positions with a policy target."""
+    has_target = move >= 0
+    logits = logits.float()
+    top = logits.topk(min(max(TOP_K), logits.shape[1]), dim=1).indices == move[:, None]
+    out = {f"policy_top{k}_hits": (top[:, :k].any(1) & has_target).sum() for k in TOP_K}
+    entropy = torch.special.entr(torch.softmax(logits, dim=1)).sum(1)  # illegal cells: p = 0, entr(0) = 0
+    out["policy_entropy_sum"] = (entropy * has_target).sum()
+    return out
 
 
 def summarise(sums: dict[str, torch.Tensor], prefix: str, loss_w: tuple[float, float],
@@ -109,16 +138,37 @@ def augment(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: HexDataset, batch_size: int, device: torch.device,
              loss_w: tuple[float, float], objective_w: tuple[float, float],
-             autocast: Callable[[], Any]) -> dict[str, float]:
+             autocast: Callable[[], Any], strength: StrengthSpec | None = None) -> dict[str, Any]:
+    """Validation metrics: the losses and accuracies, policy top-3/top-5 accuracy and entropy, the
+    value head's calibration and error by game stage (hexsweep/calibration.py), and with
+    ``strength`` the greedy win rate against the generator's player (objective.metric=strength)."""
     was_training = model.training
     model.eval()
     acc: dict[str, torch.Tensor] = {}
+    preds, targets, stones = [], [], []
     for batch in data.batches(batch_size, shuffle=False):
         beat()
+        batch = to_device(batch, device)
         with autocast():
-            _add(acc, compute_losses(model, to_device(batch, device)))
+            logits, pred = forward(model, batch)
+            _add(acc, loss_sums(logits, pred, batch))
+            _add(acc, policy_detail_sums(logits, batch["move"]))
+        preds.append(pred.float())
+        targets.append(batch["value"])
+        stones.append((batch["boards"] != EMPTY).flatten(1).sum(1))
     model.train(was_training)
-    return summarise(acc, "val", loss_w, objective_w)
+    metrics: dict[str, Any] = summarise(acc, "val", loss_w, objective_w)
+    if acc:
+        counted = max(float(acc["policy_count"]), 1)
+        for k in TOP_K:
+            metrics[f"val_policy_top{k}_acc"] = float(acc[f"policy_top{k}_hits"]) / counted
+        metrics["val_policy_entropy"] = float(acc["policy_entropy_sum"]) / counted
+        metrics.update(value_detail(torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy(),
+                                    torch.cat(stones).cpu().numpy(), data.board_size ** 2))
+    if strength is not None:
+        metrics["strength"] = win_rate(model, ShortestPathPlayer(strength.temperature, 0.0), data.board_size,
+                                       strength.games, device, strength.seed)
+    return metrics
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -223,7 +273,7 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(summarise(acc, "train", loss_w, objective_w))
         metrics.update(evaluate(model, val_data, tcfg.eval_batch_size, device, loss_w,
-                                objective_w, autocast))
+                                objective_w, autocast, StrengthSpec.for_objective(cfg)))
         out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
         metrics.update({
             "samples_per_s": seen / train_time if train_time > 0 else float("nan"),

@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY, SWEEP, JOB, LIBRARY, BASE = 4, 3, 2, 1, 0
 LAYERS = {
     "hexsweep.train": ENTRY, "hexsweep.analyze": ENTRY, "hexsweep.study": ENTRY, "hexsweep.monitor": ENTRY,
-    "hexsweep.probe": ENTRY, "hydra_plugins.hexsweep_launcher": ENTRY, "hydra_plugins.hexsweep_optuna": ENTRY,
+    "hexsweep.probe": ENTRY, "hexsweep.tournament": ENTRY,
+    "hydra_plugins.hexsweep_launcher": ENTRY, "hydra_plugins.hexsweep_optuna": ENTRY,
     "hexsweep.sweep": SWEEP, "hexsweep.search": SWEEP,
     "hexsweep.jobfolder": JOB,
     "hexsweep.config": LIBRARY, "hexsweep.data": LIBRARY, "hexsweep.hex": LIBRARY, "hexsweep.model": LIBRARY,
     "hexsweep.trainer": LIBRARY, "hexsweep.evaluate": LIBRARY, "hexsweep.faults": LIBRARY,
-    "hexsweep.resources": LIBRARY, "hexsweep.cli": LIBRARY,
+    "hexsweep.resources": LIBRARY, "hexsweep.cli": LIBRARY, "hexsweep.calibration": LIBRARY,
+    "hexsweep.arena": LIBRARY,
     "hexsweep.errors": BASE, "hexsweep.atomic": BASE, "hexsweep.naming": BASE, "hexsweep.heartbeat": BASE,
     "hexsweep.devices": BASE, "hexsweep": BASE,
 }

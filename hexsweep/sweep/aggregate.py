@@ -21,7 +21,11 @@ from hexsweep.atomic import read_jsonl
 from hexsweep.jobfolder import CORRUPT, RESULT_FILE, job_key, read_result
 
 METRIC_KEYS = ("val_objective", "val_loss", "val_policy_loss", "val_value_loss", "val_policy_acc",
-               "val_value_acc", "train_loss", "train_policy_acc", "samples_per_s")
+               "val_value_acc", "train_loss", "train_policy_acc", "samples_per_s",
+               # policy detail and the value head by game stage (trainer.evaluate, hexsweep/calibration.py)
+               "val_policy_top3_acc", "val_policy_top5_acc", "val_policy_entropy", "val_value_ece",
+               "val_value_loss_early", "val_value_loss_middle", "val_value_loss_late",
+               "val_value_acc_early", "val_value_acc_middle", "val_value_acc_late", "strength")
 OK = ("completed", "pruned")
 
 
@@ -80,6 +84,7 @@ def job_row(job: Path, sweep: str) -> dict[str, Any]:
         "_overrides": overrides,
         "status": r.get("status"),
         "objective_metric": objective.get("metric"),
+        "objective_direction": objective.get("direction"),
         "objective": objective.get("value"),
         "best_epoch": r.get("best_epoch"),
         "epochs_run": r.get("epochs_run"),
@@ -151,3 +156,14 @@ def load_curves(df: pd.DataFrame, max_jobs: int = 200) -> dict[str, list[dict]]:
         return {}
     ranked = df[df["status"].isin(OK)].sort_values("objective").head(max_jobs)
     return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl", key="epoch") for row in ranked.itertuples()}
+
+
+def load_best_rows(job_dirs: list[str]) -> dict[str, dict[str, Any]]:
+    """The best epoch's metric row (``best`` of result.json, with the reliability curve) of each
+    job folder, for the calibration figure; folders without one are left out."""
+    rows = {}
+    for job_dir in job_dirs:
+        r = read_result(job_dir)
+        if r and isinstance(r.get("best"), dict):
+            rows[str(job_dir)] = r["best"]
+    return rows
