@@ -3,6 +3,11 @@
 One folder: the table, summary and report are (re)written into it. Several folders (other
 sweeps, other machines): one merged table and report, with ``sweep`` and ``host``
 columns, into ``--out`` (default ``outputs/analysis/<date>_<time>``).
+
+Prints the jobs, then per configuration (seeds pooled, across all the sweeps given) the mean
+with its 95% interval, the difference from the best with a verdict, how many seeds would
+probably separate the best from the runner-up and the command that runs them; and each sweep's
+tournament (``python -m hexsweep.tournament``) when it has one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import pandas as pd
 from hexsweep.cli import fail
 from hexsweep.sweep.aggregate import aggregate
 from hexsweep.sweep.callbacks import failure_line
-from hexsweep.sweep.report import add_group, write_report
+from hexsweep.sweep.report import add_group, tournament_text, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,11 +52,41 @@ def main(argv: list[str] | None = None) -> None:
         show = show.sort_values("objective", ascending=summary["direction"] == "minimize", na_position="last")
     with pd.option_context("display.max_rows", 50, "display.width", 200, "display.max_colwidth", 60):
         print(show[cols].to_string(index=False))
+    if len(summary["groups"]) > 1 or any(g["n"] > 1 for g in summary["groups"].values()):
+        print("\n" + format_groups(summary))
+    for t in summary.get("tournaments") or []:
+        print("\n" + tournament_text(t))
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["by_status"].items()))
     print(f"\n{summary['total']} jobs: {counts}")
     if line := failure_line(summary):
         print(line)
     print(f"report: {out / 'report.md'}  table: {out / 'results.csv'}")
+
+
+def format_groups(summary: dict) -> str:
+    """Per configuration: n, mean [95% CI], difference from the best [95% CI], verdict."""
+    rows = []
+    for name, g in list(summary["groups"].items())[:30]:
+        ci = f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]" if g["ci_low"] is not None else ""
+        diff = "" if g["verdict"] == "best" else f"{g['diff']:+.4f}" + (
+            f" [{g['diff_low']:+.4f}, {g['diff_high']:+.4f}]" if g["diff_low"] is not None else "")
+        rows.append({"configuration": name, "n": g["n"], "mean": f"{g['mean']:.4f}", "95% CI": ci,
+                     "vs best": diff, "verdict": g["verdict"],
+                     "seeds needed": "" if g["seeds_needed"] is None else g["seeds_needed"]})
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+        lines = [pd.DataFrame(rows).to_string(index=False)]
+    if len(summary["groups"]) > 30:
+        lines.append(f"... {len(summary['groups']) - 30} more configurations in summary.json")
+    c = summary.get("comparison")
+    if c and c["verdict"].startswith("not distinguishable"):
+        if c["note"]:
+            lines.append(c["note"])
+        elif c["seeds_needed"]:
+            lines.append(f"about {c['seeds_needed']} seeds per configuration would probably separate "
+                         f"{c['best']} from {c['runner_up']}")
+        if c["command"]:
+            lines.append(f"run them: {c['command']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -277,7 +277,8 @@ def plot_calibration(best_rows: dict[str, dict], labels: dict[str, str], out: Pa
     ax2.axhline(1.0, color="#999", ls=":", lw=1)
     ax2.set_ylabel("value MSE (1.0: always predicting 0)")
     ax2.set_title("value error by game stage", fontsize=10)
-    ax2.legend(fontsize=7)
+    ax2.set_ylim(0, 1.25)
+    ax2.legend(fontsize=7, loc="upper center", ncol=2)
     ax2.grid(axis="y", alpha=0.3)
     return save_png(fig, out)
 
@@ -285,6 +286,7 @@ def plot_calibration(best_rows: dict[str, dict], labels: dict[str, str], out: Pa
 def plot_policy(curves: dict[str, list[dict]], labels: dict[str, str], out: Path) -> bool:
     """Top-1/3/5 policy accuracy and policy entropy per epoch, for the best jobs."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     drawn = {job: rows for job, rows in curves.items() if any("val_policy_top3_acc" in r for r in rows)}
     if not drawn:
@@ -311,6 +313,8 @@ def plot_policy(curves: dict[str, list[dict]], labels: dict[str, str], out: Path
     ax2.set_ylabel("policy entropy (nats, legal cells)")
     ax2.set_title("policy entropy: lower is more decided", fontsize=10)
     ax2.grid(alpha=0.3)
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save_png(fig, out)
 
 
@@ -332,8 +336,9 @@ def plot_elo(entries: list[dict[str, Any]], first_move: dict[str, Any], games: i
     ax.set_yticks(range(len(shown)), [textwrap.shorten(f"{e['label']} ({e['score']:.0%} of {e['games']})", 60)
                                       for e in shown], fontsize=8)
     ax.set_xlabel(f"Elo (maximum likelihood, {CONFIDENCE:.0%} interval; random = 0)", fontsize=9)
-    ax.set_title(f"tournament, {games} games per pairing; first-move advantage {first_move['elo']:+.0f} "
+    ax.set_title(f"tournament, {games} games per pairing\nfirst-move advantage {first_move['elo']:+.0f} "
                  f"[{first_move['low']:+.0f}, {first_move['high']:+.0f}] Elo", fontsize=10)
+    ax.margins(y=0.15)
     ax.grid(axis="x", alpha=0.3)
     return save_png(fig, out)
 
@@ -481,7 +486,7 @@ def comparison_lines(s: dict[str, Any]) -> list[str]:
                                                         if c["diff_low"] is not None else "") + ")."]
             if c["note"]:
                 lines.append(f"{c['note'][0].upper()}{c['note'][1:]}.")
-            if c["seeds_needed"]:
+            if c["seeds_needed"] and not c["note"]:
                 lines.append(f"About **{c['seeds_needed']} seeds per configuration** would probably separate them "
                              f"(80% power at the 5% level, taking the observed difference and spread as real).")
                 if c["seeds_needed"] > 30:
@@ -532,6 +537,20 @@ def tournament_lines(s: dict[str, Any], out_dir: Path) -> list[str]:
         lines += ["", f"Games: `{os.path.relpath(folder / 'games.trmph', out_dir)}`; table: "
                       f"`{os.path.relpath(folder / 'results.csv', out_dir)}`.", ""]
     return lines
+
+
+def tournament_text(t: dict[str, Any]) -> str:
+    """The Elo table as text (also for ``python -m hexsweep.analyze``)."""
+    lines = [f"tournament: {t['games']} games, {t['games_per_pairing']} per pairing, "
+             f"{t['board_size']}x{t['board_size']}; Elo with 95% intervals, random = 0"]
+    width = max(len(e["label"]) for e in t["elo"])
+    for e in t["elo"]:
+        lines.append(f"  {e['label']:<{width}}  {e['elo']:6.0f}  [{e['elo_low']:6.0f}, {e['elo_high']:6.0f}]  "
+                     f"{e['wins']}/{e['games']} won")
+    fm = t["first_move"]
+    lines.append(f"  first-move advantage: {fm['elo']:+.0f} [{fm['low']:+.0f}, {fm['high']:+.0f}] Elo")
+    lines += [f"warning: {w}" for w in t.get("warnings") or []]
+    return "\n".join(lines)
 
 
 def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_metric: str,

@@ -188,15 +188,17 @@ def more_seeds_command(sweep_dir: Path, seeds: int, rows: pd.DataFrame | None = 
 
 
 def _argv_from_rows(rows: pd.DataFrame | None) -> list[str]:
-    """A sweep without a manifest (other launchers): its overrides, value lists in job order."""
+    """A sweep without a manifest (other launchers): its overrides, value lists in job order, when
+    the configurations are exactly their grid (else no command can reproduce the sweep)."""
     if rows is None or rows.empty:
         return []
-    args = []
-    for col in sorted(c for c in rows.columns if c.startswith("ov.") and c != "ov.seed"):
-        values = list(dict.fromkeys(str(v) for v in rows[col].dropna()))
-        if values:
-            args.append(f"{col[3:]}={','.join(values)}")
-    return ["hexsweep.train", *args]
+    cols = sorted(c for c in rows.columns if c.startswith("ov.") and c != "ov.seed")
+    if not cols or rows[cols].isna().any().any():
+        return []
+    values = {c: list(dict.fromkeys(str(v) for v in rows[c])) for c in cols}
+    if len(rows[cols].astype(str).drop_duplicates()) != math.prod(len(v) for v in values.values()):
+        return []
+    return ["hexsweep.train", *(f"{c[3:]}={','.join(v)}" for c, v in values.items())]
 
 
 # ---------------------------------------------------------------------------------------------
