@@ -131,3 +131,18 @@ def test_the_sqlite_search_that_deadlocked_finishes(tmp_path, data, attempt):
     assert out.returncode == 0, out.stderr
     statuses = [r["status"] for d in sweep_dirs(tmp_path)[0].iterdir() if d.is_dir() and (r := read_result(d))]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
+
+
+def test_a_killed_driver_takes_its_jobs_down(tmp_path, data):
+    """kill -9 of the driver: the job server sees its driver gone and exits, and each job,
+    losing its parent, stops (recorded interrupted) and frees its slot. No job runs on orphaned."""
+    proc = start(tmp_path, data, "fault.sleep_s_per_epoch=5", "trainer.epochs=20")
+    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    proc.kill()
+    proc.wait()
+    sweep = sweep_dirs(tmp_path)[0]
+    wait_for(lambda: read_result(sweep / "0")["status"] != "running", timeout=60)
+    assert read_result(sweep / "0")["status"] == "interrupted"
+    wait_for(lambda: not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE,
+             timeout=30)
+    assert free_slots(tmp_path)

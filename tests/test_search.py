@@ -43,7 +43,7 @@ def test_grammar_of_the_official_plugin():
     assert space["y"] == CategoricalDistribution([-5, 0, 5])
     assert space["lr"] == FloatDistribution(1e-5, 1e-1, log=True)
     assert space["n"] == IntDistribution(1, 8)
-    assert space["b"] == IntDistribution(1, 4)  # range() excludes its stop, as in Hydra's basic sweeper
+    assert space["b"] == IntDistribution(1, 5)  # as the official plugin: stop is Optuna's (inclusive) high
     assert space["opt"] == CategoricalDistribution(["adam", "sgd"])
     assert space["z"] == FloatDistribution(0.0, 1.0)
     assert fixed == ["fixed=3"]
@@ -325,3 +325,14 @@ def test_command_line_values_stay_fixed_and_leave_the_search_space():
     assert search.fixed_keys == ["batch_size", "model.channels"]
     with pytest.raises(ConfigError, match="batch_size is both fixed and searched"):
         search._space(["batch_size=64", "batch_size=choice(16,32)"])
+
+
+def test_trials_that_cannot_start_count_as_failures(tmp_path, data):
+    """Every sampled dropout is out of range: each trial fails before its job starts, the
+    failure rate stops the search, and the command exits 1 with one line."""
+    out = search(tmp_path, data, "hydra.sweeper.n_trials=6", "model.dropout=interval(1.0, 2.0)")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hexsweep: error: 2 of 2 trials failed (> max_failure_rate=0.5); sweep stopped")
+    assert "model.dropout=" in last and "is invalid" in last
+    assert [t.user_attrs["fail_status"] for t in load(tmp_path).trials] == ["invalid", "invalid"]

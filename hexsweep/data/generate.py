@@ -29,6 +29,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from hexsweep.data.shards import FORMAT_VERSION, Game, check_replaceable, read_meta, write_dataset
+from hexsweep.heartbeat import beat
 from hexsweep.hex.board import BLACK, WHITE, Board
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
 
@@ -114,13 +115,16 @@ def generate_games(settings: GeneratorSettings, workers: int, progress: bool) ->
     total, chunk = 0, 0
     bar = tqdm(total=settings.num_positions, desc="self-play positions", unit="pos",
                disable=not progress, file=sys.stderr)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    # spawn, not fork: a training job generating its dataset already runs threads (the resource
+    # sampler), and a child forked from a threaded process can inherit a held lock and hang
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         while total < settings.num_positions:
             wave = [(settings, chunk + i) for i in range(max(workers, 1))]
             chunk += len(wave)
-            results = pool.map(_play_chunk_star, wave) if pool else map(_play_chunk_star, wave)
+            results = pool.imap(_play_chunk_star, wave) if pool else map(_play_chunk_star, wave)
             for chunk_games in results:
+                beat()  # a job generating its dataset is making progress (the stall watchdog)
                 for arrays in chunk_games:
                     if total >= settings.num_positions:
                         break

@@ -3,6 +3,7 @@ report and the ``python -m hexsweep.study`` queries."""
 
 from __future__ import annotations
 
+import logging
 import shlex
 import warnings
 from pathlib import Path
@@ -34,7 +35,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def reproduce_command(trial: optuna.trial.FrozenTrial) -> str:
     overrides = trial.user_attrs.get("overrides") or [f"{k}={v}" for k, v in trial.params.items()]
-    return "python -m hexsweep.train " + " ".join(shlex.quote(o) for o in overrides)
+    program = trial.user_attrs.get("program") or "python -m hexsweep.train"
+    return program + " " + " ".join(shlex.quote(o) for o in overrides)
 
 
 def best_summary(study: optuna.Study) -> str:
@@ -70,11 +72,14 @@ def study_plots(study: optuna.Study, out: Path) -> list[Path]:
              "optuna_slice.png": ovm.plot_slice,
              "optuna_importances.png": ovm.plot_param_importances,
              "optuna_intermediate_values.png": ovm.plot_intermediate_values}
+    if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        del plots["optuna_intermediate_values.png"]  # nothing reported per epoch (a plain app, no pruning)
     if not single:
         plots = {"optuna_pareto_front.png": ovm.plot_pareto_front}
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its notes on categorical axes
         for name, fn in plots.items():
             try:
                 ax = fn(study) if single or name == "optuna_pareto_front.png" else None

@@ -1,7 +1,9 @@
 """Hydra's sweep grammar -> Optuna distributions, as the official Optuna sweeper reads it.
 
     choice(a, b, c)              -> CategoricalDistribution
-    range(start, stop, step=s)   -> IntDistribution / FloatDistribution with that step
+    range(start, stop, step=s)   -> IntDistribution / FloatDistribution(start, stop, step): as the
+                                    official plugin, ``stop`` is Optuna's (inclusive) high end; a
+                                    grid takes range()'s own points, which exclude ``stop``
     interval(lo, hi)             -> FloatDistribution (IntDistribution with int(interval()))
     tag(log, interval(lo, hi))   -> the same, log-scaled
     a plain value                -> fixed for every trial
@@ -41,8 +43,7 @@ def distribution(key: str, text: str) -> BaseDistribution | str:
         start, stop, step = value.start, value.stop, value.step
         if any(isinstance(x, float) for x in (start, stop, step)):
             return FloatDistribution(float(start), float(stop), step=float(step))
-        # range() excludes stop, as Python's does; IntDistribution includes its high end
-        return IntDistribution(int(start), int(stop) - int(step), step=int(step))
+        return IntDistribution(int(start), int(stop), step=int(step))
     if isinstance(value, IntervalSweep):
         log = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -50,6 +51,18 @@ def distribution(key: str, text: str) -> BaseDistribution | str:
         return FloatDistribution(float(value.start), float(value.end), log=log)
     raise ConfigError(f"hydra.sweeper.params.{key}={text!r}: {type(value).__name__} is not supported: "
                       "allowed choice(), range(), interval(), int(interval()), tag(log, interval())")
+
+
+def grid_points(key: str, d: BaseDistribution) -> list[Any]:
+    """A distribution's points for the grid sampler: a choice()'s values, a range()'s steps
+    (``stop`` excluded, as Python's range and the official plugin do)."""
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    if isinstance(d, IntDistribution | FloatDistribution) and d.step is not None and not d.log:
+        n = int((d.high - d.low) // d.step)
+        return [d.low + i * d.step for i in range(n)]
+    raise ConfigError(f"GridSampler only supports discrete distributions: hydra.sweeper.params.{key} is {d}; "
+                      "allowed choice() or range()")
 
 
 def _plain(x: Any) -> Any:

@@ -24,22 +24,22 @@ import os
 import socket
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from hexsweep.cli import fail
+from hexsweep.cli import first_line
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.jobfolder import read_result
-from hexsweep.search.space import parse_params, to_override
-from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, open_storage, redact
+from hexsweep.search.space import grid_points, parse_params, to_override
+from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, is_url, open_storage, redact
 from hexsweep.sweep.apps import app_for
 from hexsweep.sweep.launcher import compose_job
 from hexsweep.sweep.owner import driver_alive, own
@@ -69,6 +69,68 @@ def redact_storage(cfg: DictConfig) -> None:
         if isinstance(raw, str) and redact(raw) != raw:
             cfg.hydra.sweeper.storage = redact(raw)
         cfg.hydra.overrides.hydra = [redact(o) for o in cfg.hydra.overrides.hydra]
+
+
+class SearchStopped(HexsweepError):
+    """The search ended without what it was for: too many failed trials, or none completed."""
+
+    exit_code = 1
+
+
+def nothing_completed(study: optuna.Study, first_trial: int) -> str | None:
+    """One line when no trial of this search completed: counts by reason and the first reason."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number >= first_trial]
+    if not mine or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine):
+        return None
+    failed = [t for t in mine if t.state == TrialState.FAIL]
+    counts = Counter(t.user_attrs.get("fail_status") or "failed" for t in failed)
+    first = failed[0] if failed else mine[0]
+    by = ", ".join(f"{n} {k}" for k, n in counts.most_common())
+    return (f"no trial of this search completed ({len(mine)} trials: {by}); first: trial {first.number}: "
+            f"{first.user_attrs.get('fail_reason') or first.state.name}")
+
+
+def write_optimization_results(study: optuna.Study, sweep_dir: Path) -> None:
+    """``optimization_results.yaml`` in the sweep folder, as the official plugin writes it."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return
+    if len(study.directions) == 1:
+        best = study.best_trial
+        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+    else:
+        results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials]}
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def warn_if_shared_journal(storage_spec: str, launcher: Any) -> None:
+    """A journal file on NFS, or under Slurm (whose nodes share files over the network), can be
+    corrupted by concurrent appends (optuna issue 5138): say so once, and what to use."""
+    if is_url(storage_spec):
+        return
+    slurm = "submitit" in type(launcher).__module__ or "slurm" in type(launcher).__name__.lower()
+    fs = file_system_type(Path(storage_spec).parent)
+    if slurm or (fs or "").startswith("nfs"):
+        where = f"on {fs}" if fs and fs.startswith("nfs") else "under a Slurm launcher"
+        log.warning("the Optuna journal %s is %s: concurrent appends from several machines can corrupt it "
+                    "(optuna issue 5138); use an RDB URL, e.g. hydra.sweeper.storage=postgresql://user@host/db",
+                    storage_spec, where)
+
+
+def file_system_type(path: Path) -> str | None:
+    """The type of the file system holding ``path`` (Linux /proc/mounts), or None."""
+    import psutil
+
+    try:
+        target = path.resolve()
+        best = None
+        for part in psutil.disk_partitions(all=True):
+            mount = Path(part.mountpoint)
+            if (target == mount or mount in target.parents) and (best is None or len(str(mount)) > len(best[0])):
+                best = (str(mount), part.fstype)
+        return best[1] if best else None
+    except (OSError, RuntimeError):
+        return None
 
 
 def driver_record(sweep_dir: Path) -> dict[str, Any]:
@@ -134,12 +196,7 @@ class OptunaSearch:
         if not cfg:
             return optuna.samplers.TPESampler()
         if str(cfg.get("_target_", "")).endswith("GridSampler") and "search_space" not in cfg:
-            grid = {}
-            for key, d in space.items():
-                if not isinstance(d, CategoricalDistribution):
-                    raise ConfigError(f"the grid sampler needs choice() values: hydra.sweeper.params.{key} is {d}")
-                grid[key] = list(d.choices)
-            cfg["search_space"] = grid
+            cfg["search_space"] = {key: grid_points(key, d) for key, d in space.items()}
         return instantiate(cfg)
 
     def _study(self, storage_spec: str, name: str, sampler, directions: list[str], resume: bool):
@@ -196,16 +253,20 @@ class OptunaSearch:
             values.update({k: v for k, v in trial.params.items() if k not in values})
         pruner = self.p.get("pruner") or {}
         overrides = [*fixed, *(to_override(k, v) for k, v in values.items())]
-        keys = {o.partition("=")[0] for o in overrides}
-        if "seed" not in keys:  # a new seed per trial: resumed trials are not copies of earlier ones
-            overrides.append(f"seed={int(self.config.seed) + trial.number}")
-        if len(directions) == 1 and "objective.direction" not in keys:
+        keys = {o.partition("=")[0].lstrip("+~") for o in overrides}
+        # only for apps that have these keys: a plain app gets its sampled values and nothing else
+        seed = OmegaConf.select(self.config, "seed", default=None)
+        if isinstance(seed, int) and "seed" not in keys:  # a new seed per trial: resumed trials differ
+            overrides.append(f"seed={seed + trial.number}")
+        has_direction = OmegaConf.select(self.config, "objective.direction", default=None) is not None
+        if has_direction and len(directions) == 1 and "objective.direction" not in keys:
             overrides.append(f"objective.direction={directions[0]}")
-        overrides += [f"optuna.study_name={self.study_name}", f"optuna.trial_number={trial.number}",
-                      f"optuna.pruner={pruner.get('name', 'none')}"]
-        for key in ("n_startup_trials", "n_warmup_steps", "percentile", "min_resource"):
-            if key in pruner:
-                overrides.append(f"optuna.{key}={pruner[key]}")
+        if OmegaConf.select(self.config, "optuna.study_name", default="absent") != "absent":  # the job reports epochs
+            overrides += [f"optuna.study_name={self.study_name}", f"optuna.trial_number={trial.number}",
+                          f"optuna.pruner={pruner.get('name', 'none')}"]
+            for key in ("n_startup_trials", "n_warmup_steps", "percentile", "min_resource"):
+                if key in pruner:
+                    overrides.append(f"optuna.{key}={pruner[key]}")
         return overrides
 
     def _oom_blocked(self, study: optuna.Study, params: dict) -> int | None:
@@ -227,14 +288,46 @@ class OptunaSearch:
             return [float(best.get(m, math.nan)) for m in metrics]
         return [float((record.get("objective") or {}).get("value", math.nan))]
 
-    def _finish(self, study: optuna.Study, trial: optuna.Trial, job_dir: Path) -> str:
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, job_dir: Path, ret: JobReturn | None = None) -> str:
         """Tell Optuna how the trial's job ended; harmless if another driver already finished it."""
         try:
+            if not self.app.records_failures:  # any Hydra app: the task's return value is the objective
+                return self._tell_returned(study, trial, ret, len(study.directions))
             return self._tell_outcome(study, trial, job_dir)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d was already finished by another driver; its job's result is kept in %s",
                         trial.number, job_dir)
             return "already finished"
+
+    def _tell_returned(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn | None, n_dirs: int) -> str:
+        """A plain app's trial: its return value, a float (or a sequence, one per direction), as
+        the official plugin reads it; a job that raised or died is a failed trial."""
+        reason = None
+        if ret is None or ret.status != JobStatus.COMPLETED:
+            error = ret._return_value if ret is not None else None
+            reason = f"failed: {type(error).__name__}: {first_line(str(error))}" if error is not None else \
+                "failed: no result"
+        else:
+            value = ret.return_value
+            try:
+                values = [float(value)] if n_dirs == 1 else [float(v) for v in value]
+            except (TypeError, ValueError):
+                reason = (f"Return value must be float-castable. Got '{value}'." if n_dirs == 1 else
+                          f"Return value must be a list or tuple of float-castable values. Got '{value}'.")
+            else:
+                if len(values) != n_dirs:
+                    reason = ("The number of the values and the number of the objectives are mismatched. "
+                              f"Expect {n_dirs}, but actually {len(values)}.")
+                elif not all(math.isfinite(v) for v in values):
+                    reason = f"non-finite objective {values}"
+        if reason is None:
+            _tell(study, trial, values if n_dirs > 1 else values[0])
+            return "completed"
+        log.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr("fail_status", "failed")
+        trial.set_user_attr("fail_reason", reason)
+        _tell(study, trial, state=TrialState.FAIL)
+        return "failed"
 
     def _tell_outcome(self, study: optuna.Study, trial: optuna.Trial, job_dir: Path) -> str:
         record = read_result(job_dir) or {"status": "crashed", "error": {"type": "Crashed", "message": "no result"}}
@@ -261,28 +354,30 @@ class OptunaSearch:
 
     # ---- the sweep ---------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
-        from hexsweep.sweep.callbacks import report_sweep
         from hexsweep.sweep.driver import SweepDriver, SweepInterrupted
 
-        cfg = self.config
-        try:
-            directions = directions_of(self.p.get("direction", "minimize"))
-            space, fixed = self._space(arguments)
-            if len(directions) > 1 and len(self.p.get("metrics") or []) != len(directions):
-                raise ConfigError(f"hydra.sweeper.direction has {len(directions)} objectives: set hydra.sweeper."
-                                  "metrics to as many metric names (e.g. [val_policy_acc,val_value_loss])")
-            storage_spec = self.p.get("storage") or default_storage(cfg.paths.outputs)
-            self.study_name = self.p.get("study_name") or "hexsweep"
-            storage, study = self._study(storage_spec, self.study_name, self._sampler(space), directions,
-                                         bool(cfg.get("resume")))
-        except HexsweepError as e:
-            fail(str(e))
+        cfg = self.config  # a HexsweepError here is one line from the plugin (exit_on_error)
+        directions = directions_of(self.p.get("direction", "minimize"))
+        space, fixed = self._space(arguments)
+        metrics = self.p.get("metrics") or []
+        if self.app.records_failures and len(directions) > 1 and len(metrics) != len(directions):
+            raise ConfigError(f"hydra.sweeper.direction has {len(directions)} objectives: set hydra.sweeper."
+                              "metrics to as many metric names (e.g. [val_policy_acc,val_value_loss])")
+        outputs = OmegaConf.select(cfg, "paths.outputs", default=None) or "outputs"
+        storage_spec = self.p.get("storage") or default_storage(outputs)
+        self.study_name = self.p.get("study_name") or "hexsweep"
+        # hexsweep.train asks for resume=true to add to a study; a plain app continues it, as the official plugin
+        storage, study = self._study(storage_spec, self.study_name, self._sampler(space), directions,
+                                     bool(cfg.get("resume")) or not self.app.records_failures)
         self._fail_orphans(study, storage)
+        warn_if_shared_journal(storage_spec, self.launcher)
         if self.fixed_keys:
             log.info("fixed on the command line, not searched: %s", ", ".join(self.fixed_keys))
         study.set_user_attr("fixed_on_command_line", [a for a in fixed if a.partition("=")[0].lstrip("+~")
                                                       in self.fixed_keys])
         n_trials = int(self.p.get("n_trials", 20))
+        if isinstance(study.sampler, optuna.samplers.GridSampler):  # as the official plugin: at most the grid
+            n_trials = min(n_trials, math.prod(len(grid_points(k, d)) for k, d in space.items()))
         remaining = n_trials - len(study.trials) if cfg.get("resume") else n_trials
         os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config
         redact_storage(cfg)
@@ -296,6 +391,7 @@ class OptunaSearch:
         max_failure_rate = float(self.p.get("max_failure_rate", 0.5))
         too_many: str | None = None
         interrupted = False
+        first_trial = len(study.trials)  # this search's trials are numbered from here (others may interleave)
         if getattr(self.launcher, "async_jobs", False):
             driver = SweepDriver(self.launcher, n_jobs, max(remaining, 0), sweep_dir)
             running: dict[int, tuple[optuna.Trial, Path]] = {}
@@ -309,6 +405,7 @@ class OptunaSearch:
 
             def feed() -> DictConfig | None:
                 nonlocal started
+                nonlocal too_many
                 while more():
                     started += 1
                     job = self._start(study, space, fixed, directions, sweep_dir)
@@ -316,12 +413,13 @@ class OptunaSearch:
                         job_cfg, trial, job_dir = job
                         running[trial.number] = (trial, job_dir)
                         return job_cfg
+                    too_many = self._failure_check(study, max_failure_rate)  # a trial that could not start
                 return None
 
             def done(outcome: Any) -> None:
                 nonlocal too_many
                 trial, job_dir = running.pop(outcome.num)
-                self._finish(study, trial, job_dir)
+                self._finish(study, trial, job_dir, outcome.ret)
                 too_many = self._failure_check(study, max_failure_rate)
 
             try:
@@ -332,15 +430,24 @@ class OptunaSearch:
         else:
             too_many = self._batched(study, space, fixed, directions, remaining, n_jobs, max_failure_rate)
         self._report(study, sweep_dir, storage_spec)
+        write_optimization_results(study, sweep_dir)
         if interrupted:  # the driver has reported the sweep
             print(f"[hexsweep] or continue the study in a new folder: resume=true (same study {self.study_name!r})",
                   file=sys.stderr)
             raise SweepInterrupted("interrupted")
         if too_many:  # Hydra's post-sweep callback will not run: report here
-            report_sweep(sweep_dir, interrupted=True)
-        if too_many:
-            print(f"hexsweep: {too_many}", file=sys.stderr)
-            raise SystemExit(1)
+            self.app.report(sweep_dir, interrupted=True)
+            raise SearchStopped(too_many)
+        if (why := nothing_completed(study, first_trial)) is not None:
+            raise SearchStopped(why)
+
+    def program(self) -> str:
+        """How the user started this app, for the command that reproduces a trial."""
+        main = sys.modules.get("__main__")
+        spec = getattr(getattr(main, "__spec__", None), "name", None)
+        if self.app.records_failures or spec == "hexsweep.train":
+            return "python -m hexsweep.train"
+        return f"python -m {spec}" if spec else f"python {sys.argv[0]}"
 
     def launcher_n_jobs(self) -> int | None:
         """Trials at once as the launcher sees it: its n_jobs, or what its cluster holds (Ray)."""
@@ -351,6 +458,7 @@ class OptunaSearch:
 
     def _start(self, study, space, fixed, directions, sweep_dir):
         trial = study.ask(space)
+        trial.set_user_attr("driver", driver_record(sweep_dir))  # first: a later driver's orphan check needs it
         overrides = self._overrides(trial, space, fixed, directions)
         blocker = self._oom_blocked(study, trial.params) if space else None
         if blocker is not None:
@@ -371,7 +479,7 @@ class OptunaSearch:
         trial.set_user_attr("job_dir", str(job_dir))
         trial.set_user_attr("overrides", [o for o in overrides if not o.startswith("optuna.")])
         trial.set_user_attr("host", os.uname().nodename)
-        trial.set_user_attr("driver", driver_record(sweep_dir))
+        trial.set_user_attr("program", self.program())
         return cfg, trial, job_dir
 
     def _batched(self, study, space, fixed, directions, remaining, n_jobs, max_failure_rate) -> str | None:
@@ -388,7 +496,7 @@ class OptunaSearch:
             for t, r in zip(trials, returns, strict=True):
                 job_dir = job_dir_of(r, sweep_dir / str(t.number))
                 t.set_user_attr("job_dir", str(job_dir))
-                self._finish(study, t, job_dir)
+                self._finish(study, t, job_dir, r)
             done += len(trials)
             if (msg := self._failure_check(study, max_failure_rate)) is not None:
                 return msg

@@ -118,6 +118,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _let_the_server_die_with_the_driver() -> None:
+    """Close this job's copy of the job server's "alive" pipe.
+
+    multiprocessing hands every child of the forkserver the write end of the pipe whose EOF
+    tells the server that its driver is gone, so that the child could start processes of its
+    own through the server. The server then outlives a killed driver for as long as any job
+    runs, and so do the jobs (their parent-death signal waits for the server). Jobs never
+    start processes through the server (data generation uses spawn), so they let it go: a
+    driver killed by SIGKILL takes the server, and with it every job, down."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # multiprocessing's module-level server handle (private)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -143,6 +162,7 @@ def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
     """The job process: Hydra's run_job on the job's config; the JobReturn goes back by pipe."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: the driver can stop its workers with it
+    _let_the_server_die_with_the_driver()
     _die_with_parent()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)

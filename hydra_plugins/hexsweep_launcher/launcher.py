@@ -72,7 +72,7 @@ def exit_on_error(fn: Callable[[], Any]) -> Any:
     except (SweepInterrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except HexsweepError as e:
-        fail(str(e))
+        fail(str(e), getattr(e, "exit_code", 2))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -52,6 +52,7 @@ SAMPLERS = {
     "grid": {"_target_": "optuna.samplers.GridSampler", "seed": None},
     "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol", "scramble": True},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10},
 }
 
 cs = ConfigStore.instance()
