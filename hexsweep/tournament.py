@@ -49,6 +49,7 @@ from hexsweep.sweep.stats import fit_elo, games_to_separate, round_robin
 
 ANCHOR = "random"
 REFERENCE = "shortest_path"
+MAX_GAMES = 2000  # per pairing: past this, "play more games" is not an answer
 
 
 def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str]:
@@ -235,8 +236,12 @@ def separation_warnings(fit: Any, elo: list[dict[str, Any]], games: int) -> list
     if low > 0:
         return []
     need = games_to_separate(fit, a["player"], b["player"], games)
-    more = (f"; about {need} games per pairing would probably separate them (--games {need})" if need
-            else "; no number of games would, at this difference")
+    if need is None:
+        more = "; no number of games would, at this difference"
+    elif need > MAX_GAMES:
+        more = f"; more than {MAX_GAMES} games per pairing would be needed: for practical purposes equally strong"
+    else:
+        more = f"; about {need} games per pairing would probably separate them (--games {need})"
     return [f"{games} games per pairing are too few to separate the two best jobs: {a['label']} leads "
             f"{b['label']} by {d:.0f} Elo [{low:.0f}, {high:.0f}]{more}"]
 

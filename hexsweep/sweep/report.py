@@ -270,15 +270,15 @@ def plot_calibration(best_rows: dict[str, dict], labels: dict[str, str], out: Pa
         row = best_rows[job]
         mse = [row.get(f"val_value_loss_{s}") for s in stages]
         ax2.bar(np.arange(3) + (k - (len(curves) - 1) / 2) * width, [m if m is not None else np.nan for m in mse],
-                width, label=textwrap.shorten(labels.get(job, job), 40))
+                width, label=textwrap.shorten(labels.get(job, job), 60))
     bounds = next(iter(curves.values())).get("stages") or {}
-    ax2.set_xticks(range(3), [f"{s}\n({bounds[s][0]:.0%}-{bounds[s][1]:.0%} of cells filled)" if s in bounds else s
+    ax2.set_xticks(range(3), [f"{s}\n{bounds[s][0]:.0%}-{bounds[s][1]:.0%} filled" if s in bounds else s
                               for s in stages], fontsize=8)
     ax2.axhline(1.0, color="#999", ls=":", lw=1)
     ax2.set_ylabel("value MSE (1.0: always predicting 0)")
     ax2.set_title("value error by game stage", fontsize=10)
-    ax2.set_ylim(0, 1.25)
-    ax2.legend(fontsize=7, loc="upper center", ncol=2)
+    ax2.legend(fontsize=7, loc="upper center", ncol=1)
+    ax2.set_ylim(0, 1.05 + 0.07 * len(curves))
     ax2.grid(axis="y", alpha=0.3)
     return save_png(fig, out)
 
@@ -299,7 +299,7 @@ def plot_policy(curves: dict[str, list[dict]], labels: dict[str, str], out: Path
             pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
             if pts:
                 line, = ax.plot(*zip(*pts, strict=True), ls=ls, marker="o", ms=3, color=colour,
-                                label=textwrap.shorten(labels.get(job, job), 45) if colour is None else None)
+                                label=textwrap.shorten(labels.get(job, job), 60) if colour is None else None)
                 colour = line.get_color()
         pts = [(r["epoch"], r["val_policy_entropy"]) for r in rows if r.get("val_policy_entropy") is not None]
         if pts:
