@@ -221,6 +221,45 @@ class ProbeConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    """TensorBoard event files in each job's folder; ``logger=tensorboard`` turns it on."""
+
+    enabled: bool = False
+    log_every_n_steps: int = ranged(50, ge=0)  # step scalars (loss, lr, samples/s, memory); 0: per epoch only
+    flush_secs: int = ranged(30, ge=1)  # how often the writer's thread flushes the event file
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """One MLflow run per job, nested under one parent run per sweep; ``logger=mlflow`` turns it on."""
+
+    enabled: bool = False
+    # a local SQLite store under the outputs root (no server); an http(s):// server works the same;
+    # null: MLflow's own default (MLFLOW_TRACKING_URI)
+    tracking_uri: str | None = "sqlite:///${hexsweep_abspath:${paths.outputs}}/mlflow.db"
+    experiment_name: str | None = None  # None: experiment_name, or the sweep's command when that is "default"
+    log_model: bool = False  # the best checkpoint (best.pt) as an artifact
+    request_timeout_s: int = ranged(10, ge=1)  # an http(s) store: per request ...
+    max_retries: int = ranged(2, ge=0)  # ... and retries, so an unreachable server cannot hang a job
+
+
+@dataclass
+class CsvLoggerConfig:
+    """``metrics.csv`` in each job's folder, one row per epoch; ``logger=csv`` turns it on."""
+
+    enabled: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers (hexsweep/tracking.py), picked by the ``logger`` group (conf/logger/)."""
+
+    tensorboard: TensorBoardLoggerConfig = field(default_factory=TensorBoardLoggerConfig)
+    mlflow: MLflowLoggerConfig = field(default_factory=MLflowLoggerConfig)
+    csv: CsvLoggerConfig = field(default_factory=CsvLoggerConfig)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -234,6 +273,7 @@ class TrainConfig:
     fault: FaultConfig = field(default_factory=FaultConfig)
     optuna: TrialLinkConfig = field(default_factory=TrialLinkConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: str = "default"
     batch_size: int = ranged(512, gt=0)
     seed: int = ranged(0, **SEED)
