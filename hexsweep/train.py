@@ -44,6 +44,7 @@ from hexsweep.resources.job import job_resources, parallel_jobs
 from hexsweep.search.pruning import trial_hook
 from hexsweep.sweep.apps import job_app
 from hexsweep.sweep.train_app import TRAIN_APP
+from hexsweep.tracking import tracked
 from hexsweep.trainer import EpochHook, evaluate, train
 
 log = logging.getLogger("hexsweep.train")
@@ -94,7 +95,8 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
     validate(cfg)
     in_sweep = bool(info.get("multirun"))
     describe = {"experiment": cfg.experiment_name, "overrides": info.get("overrides", [])}
-    with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe) as res:
+    with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe) as res, \
+            tracked(cfg, job_dir, record, res.slot.name if res.slot else None) as tracker:
         threads = cfg.num_threads or res.threads
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
@@ -118,7 +120,7 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         if trial_info:
             record["optuna"] = trial_info
         hook = faults.fault_hook(cfg, on_epoch_end or pruning_hook)
-        outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook)
+        outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook, tracker)
         if outcome.history:
             final = outcome.history[-1]
             best = outcome.best_metrics or final

@@ -37,6 +37,7 @@ from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.hex.players import ShortestPathPlayer
 from hexsweep.hex.symmetry import rotate180_batch, transpose_swap_batch
 from hexsweep.model import HexNet, NetConfig
+from hexsweep.tracking import Trackers, open_trackers
 
 CHECKPOINT_VERSION = 1
 EpochHook = Callable[[int, dict[str, float], torch.nn.Module], bool]
@@ -208,8 +209,12 @@ def current_rss_mb() -> float:
 
 def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
           device: torch.device, job_dir: Path, plain_config: dict,
-          on_epoch_end: EpochHook | None = None) -> TrainOutcome:
-    """Train ``model`` in place; on return it holds the best epoch's weights."""
+          on_epoch_end: EpochHook | None = None, logger: Trackers | None = None) -> TrainOutcome:
+    """Train ``model`` in place; on return it holds the best epoch's weights. ``logger``: the job's
+    trackers (hexsweep/tracking.py); without one, those ``cfg.logger`` turns on, closed on return."""
+    own_logger = logger is None
+    if logger is None:
+        logger = open_trackers(cfg, job_dir)
     tcfg = cfg.trainer
     loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
     objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
@@ -267,6 +272,7 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
                 scheduler.step()
             _add(acc, sums)
             seen += count
+            logger.on_step(loss, count, optimizer)
             bar.update(1)
         train_time = time.perf_counter() - start
         bar.close()
@@ -286,6 +292,7 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
             out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
             metrics["gpu_peak_mb"] = peak
         append_jsonl(job_dir / "metrics.jsonl", metrics)
+        logger.on_epoch(epoch, metrics)
         out.history.append(metrics)
         value = metrics[metric]
         if is_better(value, best_value, direction, tcfg.min_delta if best_value is not None else 0):
@@ -309,4 +316,6 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
     if best_state is not None and out.best_epoch != len(out.history):
         model.load_state_dict(best_state)
         out.restored_best = True
+    if own_logger:
+        logger.close()
     return out

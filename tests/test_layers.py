@@ -20,7 +20,7 @@ LAYERS = {
     "hexsweep.config": LIBRARY, "hexsweep.data": LIBRARY, "hexsweep.hex": LIBRARY, "hexsweep.model": LIBRARY,
     "hexsweep.trainer": LIBRARY, "hexsweep.evaluate": LIBRARY, "hexsweep.faults": LIBRARY,
     "hexsweep.resources": LIBRARY, "hexsweep.cli": LIBRARY, "hexsweep.calibration": LIBRARY,
-    "hexsweep.arena": LIBRARY,
+    "hexsweep.arena": LIBRARY, "hexsweep.tracking": LIBRARY,
     "hexsweep.errors": BASE, "hexsweep.atomic": BASE, "hexsweep.naming": BASE, "hexsweep.heartbeat": BASE,
     "hexsweep.devices": BASE, "hexsweep": BASE,
 }
