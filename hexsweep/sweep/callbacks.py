@@ -8,7 +8,9 @@ the callback.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from hexsweep import tracking
 from hexsweep.errors import HexsweepError
+from hexsweep.jobfolder import RESULT_FILE, read_result
 from hexsweep.sweep.aggregate import OK, aggregate
 from hexsweep.sweep.ray_options import fix_stock_ray_init
 from hexsweep.sweep.report import write_report
@@ -57,12 +61,41 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
     return summary
 
 
+def finish_tracking(config: DictConfig, sweep_dir: Path, aborted: bool = False) -> None:
+    """End the sweep's MLflow runs: those its jobs could not end (killed, stalled) with their
+    folder's status, then the parent run (KILLED when the sweep was aborted)."""
+    if tracking.read_parent(sweep_dir) is None:
+        return
+    records = [r for p in sorted(sweep_dir.rglob(RESULT_FILE)) if (r := read_result(p.parent))]
+    tracking.finish_sweep(config.logger.mlflow, sweep_dir, records, aborted)
+
+
 class SweepReport(Callback):
+    """The report after every sweep; with logger=mlflow also the sweep's parent run, created
+    before the first job (``<sweep>/mlflow.json``) and ended after the last. A sweep that ends
+    without ``on_multirun_end`` (interrupted, a job config refused) ends it at exit."""
+
+    _pending: tuple[DictConfig, Path, int] | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         fix_stock_ray_init(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        if tracking.start_sweep(config, sweep_dir) is not None:
+            self._pending = (config, sweep_dir, os.getpid())
+            atexit.register(self._finish_at_exit)
+
+    def _finish_at_exit(self) -> None:
+        if self._pending is not None and self._pending[2] == os.getpid():
+            config, sweep_dir, _ = self._pending
+            self._pending = None
+            finish_tracking(config, sweep_dir, aborted=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        if self._pending is not None:
+            self._pending = None
+            atexit.unregister(self._finish_at_exit)
+            finish_tracking(config, sweep_dir)
         if not sweep_dir.exists():
             return
         optuna_search = "hexsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
