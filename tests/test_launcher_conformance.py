@@ -28,6 +28,19 @@ from hydra_plugins.hexsweep_launcher.launcher import HexsweepLauncher
 PLAIN = ["hydra.launcher.progress=off"]
 
 
+@pytest.fixture(autouse=True)
+def hydras_default_version_base():
+    """The suites expect Hydra's defaults without a version_base (jobs chdir into their folder).
+    Other tests of this session compose hexsweep's config with version_base="1.3", which Hydra
+    keeps in a process-wide singleton: forget it for these tests (hydra_restore_singletons,
+    which the suites use, puts it back afterwards)."""
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    Singleton._instances.pop(VersionBase, None)
+    yield
+
+
 def test_discovery() -> None:
     assert HexsweepLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
 

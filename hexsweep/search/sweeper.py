@@ -150,6 +150,7 @@ class OptunaSearch:
     def __init__(self, params: dict[str, Any]) -> None:
         self.p = params
         self.fixed_keys: list[str] = []
+        self.app = app_for(None)  # the task's app, once setup() knows the task
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.hydra_context: Any = None
