@@ -1,5 +1,8 @@
 """Re-aggregate sweeps: ``python -m hexsweep.analyze <sweep dir> [<sweep dir> ...] [--out DIR]``.
 
+``python -m hexsweep.analyze --diff <job A> <job B>``: how two jobs differ: config keys, code
+(git commit, uncommitted diff), packages and versions (from their ``env.json``).
+
 One folder: the table, summary and report are (re)written into it. Several folders (other
 sweeps, other machines): one merged table and report, with ``sweep`` and ``host``
 columns, into ``--out`` (default ``outputs/analysis/<date>_<time>``).
@@ -13,13 +16,17 @@ tournament (``python -m hexsweep.tournament``) when it has one.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from hexsweep import provenance
 from hexsweep.cli import fail
+from hexsweep.jobfolder import read_result
 from hexsweep.sweep.aggregate import aggregate
 from hexsweep.sweep.callbacks import failure_line
 from hexsweep.sweep.report import add_group, tournament_text, write_report
@@ -31,7 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders (outputs/multirun/...)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (several sweeps)")
     parser.add_argument("--max-curves", type=int, default=200, help="jobs drawn in curves.png")
+    parser.add_argument("--diff", action="store_true", help="compare two job folders: config, code, packages")
     args = parser.parse_args(argv)
+    if args.diff:
+        if len(args.sweeps) != 2 or not all((j / "result.json").exists() or (j / "env.json").exists()
+                                            for j in args.sweeps):
+            fail("--diff takes two job folders (each with result.json or env.json), e.g. "
+                 "outputs/multirun/<date>/<sweep>/0 outputs/multirun/<date>/<sweep>/1")
+        print("\n".join(job_diff(*args.sweeps)))
+        return
     for s in args.sweeps:
         if not s.is_dir():
             fail(f"{s} is not a folder: give sweep folders such as outputs/multirun/<date>/<time>")
@@ -61,6 +76,59 @@ def main(argv: list[str] | None = None) -> None:
     if line := failure_line(summary):
         print(line)
     print(f"report: {out / 'report.md'}  table: {out / 'results.csv'}")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def job_diff(a: Path, b: Path) -> list[str]:
+    """Lines saying how job ``b`` differs from job ``a``: config keys, code, packages, versions."""
+    lines = [f"--- {a}", f"+++ {b}"]
+    ra, rb = read_result(a) or {}, read_result(b) or {}
+    ca, cb = _flat(ra.get("config") or {}), _flat(rb.get("config") or {})
+    skip = ("optuna.trial_number",)
+    keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in skip]
+    lines.append(f"config: {len(keys)} key(s) differ" if keys else "config: the same")
+    lines += [f"  {k}: {ca.get(k, '(absent)')!r} -> {cb.get(k, '(absent)')!r}" for k in keys]
+    ea, eb = _json(a / provenance.ENV_FILE), _json(b / provenance.ENV_FILE)
+    if not ea or not eb:
+        lines.append("code and packages: unknown (no env.json in " + " and ".join(
+            str(j) for j, e in ((a, ea), (b, eb)) if not e) + ")")
+        return lines
+    ga, gb = ea.get("git") or {}, eb.get("git") or {}
+    if (ga.get("commit"), ga.get("diff_sha256")) == (gb.get("commit"), gb.get("diff_sha256")):
+        lines.append(f"code: the same (commit {ga.get('commit')}{', dirty' if ga.get('dirty') else ''})")
+    else:
+        lines.append(f"code: commit {ga.get('commit')} (diff {ga.get('diff_sha256')}) -> "
+                     f"{gb.get('commit')} (diff {gb.get('diff_sha256')}); the uncommitted diffs: "
+                     f"{a / provenance.DIFF_FILE}, {b / provenance.DIFF_FILE}")
+    va, vb = ea.get("versions") or {}, eb.get("versions") or {}
+    changed = [f"{k} {va.get(k)} -> {vb.get(k)}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    lines.append("versions: " + ("; ".join(changed) if changed else "the same"))
+    if ea.get("packages_sha256") == eb.get("packages_sha256"):
+        lines.append("packages: the same")
+    else:
+        pa, pb = set(provenance.package_list(a)), set(provenance.package_list(b))
+        lines.append(f"packages: {len(pa - pb)} only in A, {len(pb - pa)} only in B")
+        lines += [f"  - {x}" for x in sorted(pa - pb)] + [f"  + {x}" for x in sorted(pb - pa)]
+    if ea.get("host") != eb.get("host") or ea.get("device_name") != eb.get("device_name"):
+        lines.append(f"machine: {ea.get('host')} ({ea.get('device_name')}) -> {eb.get('host')} "
+                     f"({eb.get('device_name')})")
+    return lines
 
 
 def format_groups(summary: dict) -> str:

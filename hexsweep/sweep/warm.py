@@ -3,9 +3,13 @@ on first use, loaded once so that each job starts without it.
 
 Building a torch optimizer imports torch._dynamo, sympy and ~800 modules (~1.5-2.7 s). It
 runs no parallel kernel (one scalar parameter), so the server never starts the OpenMP
-pool that a forked child could not use, and it never touches CUDA.
+pool that a forked child could not use, and it never touches CUDA. It also lists the installed
+packages once, for every job's reproducibility record (hexsweep/provenance.py).
 """
 
 import torch
 
+from hexsweep import provenance
+
 torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+provenance.packages()  # the installed packages, listed once (~0.1 s), for every job's env.json
