@@ -141,7 +141,20 @@ class SweepDriver:
                    "config": cfg, "singleton_state": self.singleton_state, "env": job_env(self.n_jobs),
                    "cwd": str(Path.cwd()),
                    "threads": None if self.app.records_failures else cpu_share(self.n_jobs)}
-        proc, conn, beat = process.start_job(self.ctx, f"hexsweep-job-{num}", payload)
+        try:
+            proc, conn, beat = process.start_job(self.ctx, f"hexsweep-job-{num}", payload)
+        except (OSError, EOFError) as e:  # the job died before it took its payload (e.g. its import failed)
+            death = ("Crashed", f"could not start ({type(e).__name__}: {e}); see the sweep's log")
+            log.error("job %d (%s) %s", num, label, death[1])
+            record = None
+            if self.app.records_failures:
+                try:
+                    record = self.app.settle(cfg, job_dir, death)
+                except OSError:
+                    record = None
+            self.progress.started()
+            self.progress.finished(num, CRASHED, 0.0, label)
+            return self._outcome(num, cfg, job_dir, CRASHED, None, record, death=death)
         now = time.monotonic()
         self.running[num] = _Running(num, cfg, job_dir, label, proc, conn, beat, now, last_progress=now)
         self.progress.started()
