@@ -63,6 +63,8 @@ HPARAM_KEYS = ("experiment_name", "batch_size", "seed", "optim.lr", "optim.weigh
                "model.channels", "model.stages", "model.blocks_per_stage", "model.head", "model.dropout",
                "loss.policy_weight", "loss.value_weight", "data.name", "data.board_size", "trainer.epochs",
                "trainer.lr_schedule")
+# overrides that are bookkeeping, not hyperparameters: left out of HParams and MLflow params
+NOT_HPARAMS = ("hydra", "paths.", "logger", "resume", "trainer.progress", "optuna.storage", "resources.lock_dir")
 # the HParams plugin's metric columns: the final model's metrics (the best epoch's weights are restored)
 FINAL_METRICS = ("objective", "val_objective", "val_loss", "val_policy_loss", "val_value_loss",
                  "val_policy_acc", "val_value_acc", "best_epoch", "epochs_run", "win_rate_vs_generator",
@@ -104,7 +106,7 @@ def hyperparameters(cfg: Any, overrides: list[str]) -> dict[str, Any]:
     for override in overrides:
         key, _, raw = override.partition("=")
         key = key.lstrip("+~")
-        if not key or key.startswith("hydra") or key.startswith("optuna.storage"):
+        if not key or key.startswith(NOT_HPARAMS):
             continue
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         out[key] = raw.strip("'\"") if value is None or isinstance(value, DictConfig) else _scalar(value)
