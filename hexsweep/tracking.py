@@ -63,8 +63,9 @@ HPARAM_KEYS = ("experiment_name", "batch_size", "seed", "optim.lr", "optim.weigh
                "model.channels", "model.stages", "model.blocks_per_stage", "model.head", "model.dropout",
                "loss.policy_weight", "loss.value_weight", "data.name", "data.board_size", "trainer.epochs",
                "trainer.lr_schedule")
-# overrides that are bookkeeping, not hyperparameters: left out of HParams and MLflow params
-NOT_HPARAMS = ("hydra", "paths.", "logger", "resume", "trainer.progress", "optuna.storage", "resources.lock_dir")
+# overrides that are bookkeeping, not hyperparameters, left out of HParams and MLflow params (a trial's
+# study and number are there as optuna_trial/optuna_study, and MLflow tags)
+NOT_HPARAMS = ("hydra", "paths.", "logger", "resume", "trainer.progress", "optuna.", "resources.lock_dir")
 # the HParams plugin's metric columns: the final model's metrics (the best epoch's weights are restored)
 FINAL_METRICS = ("objective", "val_objective", "val_loss", "val_policy_loss", "val_value_loss",
                  "val_policy_acc", "val_value_acc", "best_epoch", "epochs_run", "win_rate_vs_generator",
@@ -434,6 +435,9 @@ def finish_sweep(settings: Any, sweep_dir: Path, records: list[dict[str, Any]], 
                 client.set_tag(run_id, "error", str(end.record["error"].get("message", ""))[:5000])
             client.log_dict(run_id, record, "result.json")
             client.set_terminated(run_id, mlflow_status(end.status))
+        for key in client.get_run(parent["run_id"]).data.tags:  # a resumed sweep's counts replace the last
+            if key.startswith("jobs.") and key[5:] not in counts:
+                client.delete_tag(parent["run_id"], key)
         for status, n in counts.items():
             client.set_tag(parent["run_id"], f"jobs.{status}", str(n))
         client.set_terminated(parent["run_id"], "KILLED" if aborted else "FINISHED")
