@@ -355,13 +355,16 @@ class MLflowTracker:
         now = int(time.time() * 1000)
         step = int(end.record.get("epochs_run") or 0)
         metrics = [Metric(f"final_{k}", v, now, step) for k, v in final_metrics(end.record).items()]
-        self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in end_tags(end).items()])
-        self.client.log_dict(self.run_id, end.record, "result.json")
-        if (text := end.traceback()) is not None:
-            self.client.log_text(self.run_id, text, "error.txt")
-        if self.log_model and end.ok and (self.job_dir / "best.pt").exists():
-            self.client.log_artifact(self.run_id, str(self.job_dir / "best.pt"), "checkpoints")
-        self.client.set_terminated(self.run_id, mlflow_status(end.status))
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics,
+                                  tags=[RunTag(k, v) for k, v in end_tags(end).items()])
+            self.client.log_dict(self.run_id, json.loads(json.dumps(end.record, default=str)), "result.json")
+            if (text := end.traceback()) is not None:
+                self.client.log_text(self.run_id, text, "error.txt")
+            if self.log_model and end.ok and (self.job_dir / "best.pt").exists():
+                self.client.log_artifact(self.run_id, str(self.job_dir / "best.pt"), "checkpoints")
+        finally:  # whatever else failed, the run does not stay RUNNING
+            self.client.set_terminated(self.run_id, mlflow_status(end.status))
 
 
 def end_tags(end: End) -> dict[str, str]:
@@ -433,7 +436,7 @@ def finish_sweep(settings: Any, sweep_dir: Path, records: list[dict[str, Any]], 
             client.set_tag(run_id, "status", end.status)
             if end.record.get("error"):
                 client.set_tag(run_id, "error", str(end.record["error"].get("message", ""))[:5000])
-            client.log_dict(run_id, record, "result.json")
+            client.log_dict(run_id, json.loads(json.dumps(record, default=str)), "result.json")
             client.set_terminated(run_id, mlflow_status(end.status))
         for key in client.get_run(parent["run_id"]).data.tags:  # a resumed sweep's counts replace the last
             if key.startswith("jobs.") and key[5:] not in counts:

@@ -107,6 +107,20 @@ def test_a_failing_job_ends_its_mlflow_run_failed_and_its_hparams_session_failed
 
 
 @needs_mlflow
+def test_a_completed_job_ends_its_run_finished_with_its_best_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("logger=mlflow", "logger.mlflow.log_model=true", "logger.mlflow.experiment_name=mine")
+    record = train_job(cfg, tmp_path / "job", info={"overrides": ["seed=0"]})
+    client = client_for(tmp_path)
+    run = client.get_run(record["tracking"]["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    assert client.get_experiment(run.info.experiment_id).name == "mine"
+    assert run.data.metrics["final_objective"] == pytest.approx(record["objective"]["value"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"result.json", "checkpoints"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the store, not in the working directory
+
+
+@needs_mlflow
 def test_the_driver_ends_the_run_of_a_job_that_died(tiny_cfg, tmp_path):
     """A job killed hard (SIGKILL, the stall watchdog) leaves its run RUNNING: the post-sweep
     callback ends it from the job folder's status, then the parent run."""
