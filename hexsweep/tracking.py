@@ -199,6 +199,9 @@ class TensorBoardTracker:
             if key != "epoch" and _number(value) is not None:
                 self.writer.add_scalar(epoch_tag(key), value, epoch)
 
+    def abandon(self) -> None:
+        self.writer.close()
+
     def close(self, end: End) -> None:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -354,6 +357,9 @@ class MLflowTracker:
                  if k != "epoch" and _number(v) is not None]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def abandon(self) -> None:
+        pass  # the run stays RUNNING until the driver ends it after the sweep, with the job's status
+
     def close(self, end: End) -> None:
         from mlflow.entities import Metric, RunTag
 
@@ -475,6 +481,9 @@ class CsvTracker:
                 writer.writeheader()
             writer.writerow(dict(metrics))
 
+    def abandon(self) -> None:
+        pass
+
     def close(self, end: End) -> None:
         pass
 
@@ -504,7 +513,7 @@ class Trackers:
                 log.warning("logger %s failed (%s); the job goes on without it", backend.name, _first_line(e))
                 if method != "close":
                     with contextlib.suppress(Exception):
-                        backend.close(End(None, e))
+                        backend.abandon()
 
     def on_step(self, loss: torch.Tensor, samples: int, optimizer: torch.optim.Optimizer) -> None:
         """After each optimiser step; every ``log_every_n_steps`` steps the step scalars (one device sync)."""
