@@ -41,6 +41,11 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         f.write(line)
 
 
+def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
+    """Replace a JSONL file whole, atomically (a resumed job's metrics up to where it resumes)."""
+    atomic_write_text(path, "".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
+
+
 def read_jsonl(path: str | os.PathLike, key: str | None = None) -> list[dict]:
     """Read a JSONL file of objects, skipping what a killed writer or a stray hand left: a torn
     last line, bytes that are not UTF-8, a line that is not an object, or (with ``key``) an

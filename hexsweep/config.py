@@ -122,7 +122,10 @@ class TrainerConfig:
     max_steps_per_epoch: int | None = ranged(None, gt=0)  # None: the whole training split
     eval_batch_size: int = ranged(2048, gt=0)
     progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
+    # best.pt, and last.pt: the complete training state, written at the end of every epoch
     checkpoints: bool = True
+    # also write last.pt every this many training steps (a resumed job loses less); null: per epoch only
+    checkpoint_every_steps: int | None = ranged(None, gt=0)
 
 
 @dataclass

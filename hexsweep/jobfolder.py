@@ -66,8 +66,10 @@ class JobFolder:
     def result_path(self) -> Path:
         return self.path / RESULT_FILE
 
-    def start(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Mark the job running; a killed job is later recognised by its dead pid."""
+    def start(self, info: dict[str, Any], keep_metrics: bool = False) -> dict[str, Any]:
+        """Mark the job running; a killed job is later recognised by its dead pid. A fresh start
+        clears the previous run's metrics and error; a resumed one (``keep_metrics``) keeps its
+        metrics, which the trainer rewrites up to the epoch it resumes from."""
         record = {
             "format_version": RESULT_VERSION,
             "status": "running",
@@ -77,7 +79,8 @@ class JobFolder:
             "started_at": now_iso(),
             **info,
         }
-        (self.path / METRICS_FILE).unlink(missing_ok=True)
+        if not keep_metrics:
+            (self.path / METRICS_FILE).unlink(missing_ok=True)
         (self.path / ERROR_FILE).unlink(missing_ok=True)
         atomic_write_json(self.result_path, record)
         return record

@@ -37,6 +37,16 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def command_line() -> list[str]:
+    """The command as it was typed: ``python -m pkg.mod args`` (Python turns the module name into
+    its file path in sys.argv[0]), or ``python script.py args``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec and not spec.startswith("__"):
+        return [sys.executable, "-m", spec.removesuffix(".__main__"), *sys.argv[1:]]
+    return [sys.executable, *sys.argv]
+
+
 def git_state() -> tuple[dict[str, Any], str]:
     """(commit, dirty flag, diff hash; or nulls outside a git checkout), and the diff text."""
     commit = _git("rev-parse", "HEAD")
@@ -101,7 +111,7 @@ def record(job_dir: Path, overrides: list[str], seeds: dict[str, Any], device: s
     except OSError:
         atomic_write_text(job_dir / PACKAGES_FILE, text)
     env = {
-        "command": [sys.executable, *sys.argv],
+        "command": command_line(),
         "job_command": "python -m hexsweep.train " + " ".join(shlex.quote(o) for o in overrides),
         "git": git,
         "versions": versions(),

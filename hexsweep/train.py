@@ -27,16 +27,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hexsweep import faults
+from hexsweep import faults, provenance
+from hexsweep.atomic import write_jsonl
 from hexsweep.cli import CONF_DIR, compose, fail
 from hexsweep.config import check_name, register_schema, validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
-from hexsweep.devices import resolve_device
+from hexsweep.devices import device_name, resolve_device
 from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
-from hexsweep.jobfolder import COMPLETED, FINISHED_OK, INTERRUPTED, OOM, JobFolder, completed_result, read_result
+from hexsweep.jobfolder import (
+    COMPLETED,
+    FINISHED_OK,
+    INTERRUPTED,
+    METRICS_FILE,
+    OOM,
+    JobFolder,
+    completed_result,
+    read_result,
+)
 from hexsweep.model import HexNet, NetConfig, count_parameters
 from hexsweep.naming import register_resolvers
 from hexsweep.resources.admission import job_signature
@@ -45,7 +55,7 @@ from hexsweep.search.pruning import trial_hook
 from hexsweep.sweep.apps import job_app
 from hexsweep.sweep.train_app import TRAIN_APP
 from hexsweep.tracking import tracked
-from hexsweep.trainer import EpochHook, evaluate, train
+from hexsweep.trainer import EpochHook, evaluate, load_training_state, train
 
 log = logging.getLogger("hexsweep.train")
 register_schema()
@@ -86,8 +96,20 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
     start = time.perf_counter()
     info = info or {}
     folder = JobFolder(job_dir)
-    record = folder.start(info)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    state = None
+    if cfg.resume or requeued():  # continue from last.pt when it holds this config's training state
+        state, why = load_training_state(job_dir, plain)
+        if state is None:
+            log.info("resume: starting job %s afresh: %s", job_dir.name, why)
+    record = folder.start(info, keep_metrics=state is not None)
+    if state is not None:
+        t = state["training"]
+        # metrics.jsonl continues: exactly the epochs the saved state had finished, no duplicates
+        write_jsonl(job_dir / METRICS_FILE, t["history"])
+        record["resumed_from_epoch"], record["resumed_from_step"] = t["epoch"] - 1, t["step"]
+        log.info("resume: job %s continues after epoch %d%s", job_dir.name, t["epoch"] - 1,
+                 f", step {t['step']} of epoch {t['epoch']}" if t["step"] else "")
     record["config"] = plain
     record["signature"] = job_signature(cfg)
     if cfg.optuna.storage:
@@ -104,6 +126,9 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         record.update({"device": str(device), "num_threads": threads,
                        "slot": res.slot.name if res.slot else None, "slot_acquired_at": res.acquired_at,
                        "waited_s": res.waited_s})
+        record["env"] = provenance.record(job_dir, info.get("overrides", []),
+                                          {"seed": cfg.seed, "data.seed": cfg.data.seed}, str(device),
+                                          device_name(device))
         folder.update(record)
         data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
         train_data = HexDataset(data_dir, "train", cfg.data.board_size)
@@ -120,7 +145,7 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         if trial_info:
             record["optuna"] = trial_info
         hook = faults.fault_hook(cfg, on_epoch_end or pruning_hook)
-        outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook, tracker)
+        outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook, tracker, resume=state)
         if outcome.history:
             final = outcome.history[-1]
             best = outcome.best_metrics or final
@@ -155,6 +180,13 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         })
     folder.finish(record)
     return record
+
+
+def requeued() -> bool:
+    """A job that submitit (Slurm, or its local executor) runs: when its scheduler preempts or
+    times it out, Hydra's submitit launcher requeues the same job, which must continue from its
+    last.pt rather than start again."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
 def _redact_storage(record: dict[str, Any]) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +42,10 @@ from hexsweep.hex.symmetry import rotate180_batch, transpose_swap_batch
 from hexsweep.model import HexNet, NetConfig
 from hexsweep.tracking import Trackers, open_trackers
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: last.pt holds the complete training state (1: model and optimizer)
+# keys whose change does not change what a job computes: a job resumes across them
+RESUME_IGNORES = ("resume", "trainer.progress", "trainer.checkpoint_every_steps", "logger.", "resources.",
+                  "fault.", "optuna.", "paths.", "device", "num_threads", "strength.", "data.workers")
 EpochHook = Callable[[int, dict[str, float], torch.nn.Module], bool]
 
 
@@ -55,6 +61,7 @@ class TrainOutcome:
     restored_best: bool = False
     peak_rss_mb: float = 0.0
     peak_gpu_mem_mb: float | None = None
+    resumed_from: tuple[int, int] | None = None  # (epoch, step) the run continued from, if it resumed
 
 
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +180,10 @@ def evaluate(model: torch.nn.Module, data: HexDataset, batch_size: int, device: 
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    net_cfg: NetConfig, epoch: int, metrics: dict, config: dict) -> None:
-    """Self-describing checkpoint; plain types and tensors only, so weights_only=True loads it."""
+                    net_cfg: NetConfig, epoch: int, metrics: dict, config: dict,
+                    training: dict | None = None) -> None:
+    """Self-describing checkpoint; plain types and tensors only, so weights_only=True loads it.
+    ``training``: the rest of the training state (last.pt), for a run that continues from it."""
     state = {
         "format_version": CHECKPOINT_VERSION,
         "model_config": net_cfg.to_dict(),
@@ -184,6 +193,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "metrics": metrics,
         "config": config,
     }
+    if training is not None:
+        state["training"] = training
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
@@ -193,6 +204,89 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training at a step boundary, after last.pt was written."""
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM during training: the first asks the loop to stop at the next step boundary
+    (after saving the training state), a second stops at once. Only in the main thread, where
+    Python runs signal handlers; the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name} (again)")
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Config keys whose value differs between two resolved configs, bookkeeping keys aside."""
+    a, b = flat_config(old), flat_config(new)
+    return [k for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i) for i in RESUME_IGNORES)]
+
+
+def load_training_state(job_dir: Path, plain_config: dict) -> tuple[dict | None, str]:
+    """The training state in ``job_dir/last.pt`` if the job can continue from it, else (None, why)."""
+    path = job_dir / "last.pt"
+    if not path.exists():
+        return None, "no last.pt in the job folder"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: start fresh rather than fail the job
+        return None, f"last.pt is unreadable ({type(e).__name__})"
+    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION or "training" not in state:
+        return None, "last.pt holds no complete training state (an older format)"
+    if keys := changed_keys(state.get("config") or {}, plain_config):
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        return None, f"config changed: {shown}"
+    return state, ""
+
+
+def _rng_state(gen: torch.Generator, data_epoch_start: dict, device: torch.device) -> dict[str, Any]:
+    """Every random state training draws from, in types that torch.load(weights_only=True) takes."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "augment": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "data_epoch_start": data_epoch_start}
+
+
+def _restore_rng(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["augment"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def is_better(value: float, best: float | None, direction: str, min_delta: float) -> bool:
@@ -209,9 +303,25 @@ def current_rss_mb() -> float:
 
 def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
           device: torch.device, job_dir: Path, plain_config: dict,
-          on_epoch_end: EpochHook | None = None, logger: Trackers | None = None) -> TrainOutcome:
+          on_epoch_end: EpochHook | None = None, logger: Trackers | None = None,
+          resume: dict | None = None) -> TrainOutcome:
     """Train ``model`` in place; on return it holds the best epoch's weights. ``logger``: the job's
-    trackers (hexsweep/tracking.py); without one, those ``cfg.logger`` turns on, closed on return."""
+    trackers (hexsweep/tracking.py); without one, those ``cfg.logger`` turns on, closed on return.
+    ``resume``: a training state from ``load_training_state``, continued exactly where it stopped.
+
+    ``last.pt`` is the complete training state (model, optimizer, scheduler, scaler, the
+    early-stopping state with the best weights, the metrics so far, every RNG state and the
+    data order), written atomically at the end of every epoch and every
+    ``trainer.checkpoint_every_steps`` steps. Ctrl-C or SIGTERM stops at the next step
+    boundary after writing it (a second one stops at once), and raises ``Stopped``."""
+    with _StopRequests() as stop:
+        return _train(cfg, train_data, val_data, model, device, job_dir, plain_config, on_epoch_end, logger,
+                      resume, stop)
+
+
+def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
+           device: torch.device, job_dir: Path, plain_config: dict, on_epoch_end: EpochHook | None,
+           logger: Trackers | None, resume: dict | None, stop: _StopRequests) -> TrainOutcome:
     own_logger = logger is None
     if logger is None:
         logger = open_trackers(cfg, job_dir)
@@ -242,16 +352,48 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
     best_value: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
+    first_epoch, skip, partial = 1, 0, None
+    if resume is not None:  # continue where the saved state stopped, as if never interrupted
+        t = resume["training"]
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and t["scheduler"] is not None:
+            scheduler.load_state_dict(t["scheduler"])
+        scaler.load_state_dict(t["scaler"])
+        best_value, stale, best_state = t["best_value"], t["stale"], t["best_state"]
+        out.best_epoch, out.best_metrics, out.history = t["best_epoch"], t["best_metrics"], t["history"]
+        first_epoch, skip, partial = t["epoch"], t["step"], t["partial"]
+        rng.bit_generator.state = t["rng"]["data_epoch_start"]
+        _restore_rng(t["rng"], gen, device)
+        out.resumed_from = (first_epoch, skip)
+        if tcfg.patience and stale >= tcfg.patience:  # it had stopped early: nothing left to train
+            out.stopped_early, first_epoch = True, tcfg.epochs + 1
+
+    def save_state(epoch: int, step: int, data_epoch_start: dict, part: dict | None) -> None:
+        """last.pt: everything needed to continue at ``step`` of ``epoch`` (0: its start)."""
+        training = {"epoch": epoch, "step": step, "partial": part,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(), "best_value": best_value, "stale": stale,
+                    "best_epoch": out.best_epoch, "best_metrics": out.best_metrics, "best_state": best_state,
+                    "history": out.history, "rng": _rng_state(gen, data_epoch_start, device)}
+        save_checkpoint(job_dir / "last.pt", model, optimizer, net_cfg, epoch - 1,
+                        out.history[-1] if out.history else {}, plain_config, training)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for epoch in range(1, tcfg.epochs + 1):
+    for epoch in range(first_epoch, tcfg.epochs + 1):
         model.train()
         acc: dict[str, torch.Tensor] = {}
         start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch",
                    disable=not show_bar, file=sys.stderr, leave=False)
-        seen = 0
-        for batch in train_data.batches(cfg.batch_size, True, rng, tcfg.max_steps_per_epoch):
+        seen, elapsed_before, step = 0, 0.0, 0
+        if partial is not None:  # a resumed epoch: what its first steps had summed
+            acc, seen, elapsed_before, step = partial["acc"], partial["seen"], partial["elapsed_s"], skip
+            bar.update(skip)
+            partial = None
+        data_epoch_start = copy.deepcopy(rng.bit_generator.state)  # the data order of this epoch
+        for batch in train_data.batches(cfg.batch_size, True, rng, tcfg.max_steps_per_epoch, skip=skip):
             beat()  # progress, for the sweep driver's stall watchdog (hexsweep/heartbeat.py)
             batch = to_device(batch, device)
             if cfg.data.augment:
@@ -272,9 +414,21 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
                 scheduler.step()
             _add(acc, sums)
             seen += count
+            step += 1
             logger.on_step(loss, count, optimizer)
             bar.update(1)
-        train_time = time.perf_counter() - start
+            every = tcfg.checkpoint_every_steps
+            if step >= steps_per_epoch:
+                continue  # the epoch's end saves the state (and stops, if asked)
+            if tcfg.checkpoints and (stop.requested or (every and step % every == 0)):
+                save_state(epoch, step, data_epoch_start, {"acc": acc, "seen": seen,
+                                                           "elapsed_s": elapsed_before + time.perf_counter() - start})
+            if stop.requested:
+                bar.close()
+                raise Stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
+                              "state is in last.pt (resume=true continues from there)")
+        skip = 0
+        train_time = elapsed_before + time.perf_counter() - start
         bar.close()
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(summarise(acc, "train", loss_w, objective_w))
@@ -305,8 +459,10 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
         else:
             stale += 1
         if tcfg.checkpoints:
-            save_checkpoint(job_dir / "last.pt", model, optimizer, net_cfg, epoch, metrics,
-                            plain_config)
+            save_state(epoch + 1, 0, copy.deepcopy(rng.bit_generator.state), None)
+        if stop.requested:
+            raise Stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in last.pt "
+                          "(resume=true continues from there)")
         if on_epoch_end is not None and on_epoch_end(epoch, metrics, model):
             out.stopped_by_hook = True
             break

@@ -54,14 +54,17 @@ class HexDataset:
 
     def batches(
         self, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None,
-        max_batches: int | None = None,
+        max_batches: int | None = None, skip: int = 0,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches as torch tensors: boards/to_move int8, move int64 (-1: none), value float32."""
+        """Batches as torch tensors: boards/to_move int8, move int64 (-1: none), value float32.
+        ``skip``: leave out the first batches of this order (a resumed epoch), without reading them."""
         n = len(self)
         order = rng.permutation(n) if shuffle and rng is not None else np.arange(n)
         for count, start in enumerate(range(0, n, batch_size)):
             if max_batches is not None and count >= max_batches:
                 return
+            if count < skip:
+                continue
             rows = self.gather(order[start : start + batch_size])
             yield {
                 "boards": torch.from_numpy(rows["boards"]),

@@ -1,0 +1,111 @@
+"""Lose no epochs: an interrupted job continues from last.pt and ends exactly where an
+uninterrupted one does (CPU, one thread); the job folder records exactly what ran."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from sweep_helpers import read_result, running_with_slot, sweep_cmd, sweep_dirs, wait_for
+
+pytestmark = pytest.mark.slow
+
+TIMING = {"samples_per_s", "epoch_time_s", "rss_mb", "gpu_peak_mb"}
+
+
+def train_cmd(outputs, data, run_dir, *extra):
+    return [sys.executable, "-m", "hexsweep.train", "debug=tiny", "strength.games=0", "trainer.epochs=4",
+            "num_threads=1", "trainer.progress=off", f"paths.outputs={outputs}", f"paths.data={data}",
+            f"hydra.run.dir={run_dir}", *extra]
+
+
+def metrics(job_dir):
+    return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_training(a: list[dict], b: list[dict]) -> list[str]:
+    """Differences between two runs' metrics, timings aside."""
+    if [r["epoch"] for r in a] != [r["epoch"] for r in b]:
+        return [f"epochs {[r['epoch'] for r in a]} vs {[r['epoch'] for r in b]}"]
+    return [f"epoch {x['epoch']} {k}: {x[k]} vs {y.get(k)}" for x, y in zip(a, b, strict=True)
+            for k in x if k not in TIMING and x[k] != y.get(k)]
+
+
+def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, tiny_dataset):
+    slow = "fault.sleep_s_per_epoch=1"  # a window to interrupt it in
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert subprocess.run(train_cmd(tmp_path, data_root, whole, slow), capture_output=True, timeout=300).returncode == 0
+    proc = subprocess.Popen(train_cmd(tmp_path, data_root, cut, slow), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (cut / "metrics.jsonl").exists(), timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped = read_result(cut)
+    assert stopped["status"] == "interrupted" and "the training state is in last.pt" in stopped["error"]["message"]
+    again = subprocess.run(train_cmd(tmp_path, data_root, cut, slow, "resume=true"), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resume: job cut continues after epoch" in again.stdout + again.stderr
+    assert same_training(metrics(whole), metrics(cut)) == []  # continued, not duplicated, and exact
+    done, base = read_result(cut), read_result(whole)
+    assert done["resumed_from_epoch"] >= 1 and done["objective"] == base["objective"]
+    assert done["best_epoch"] == base["best_epoch"]
+
+
+def test_a_changed_config_starts_afresh_and_says_which_keys(tmp_path, data_root, tiny_dataset):
+    run = tmp_path / "run"
+    assert subprocess.run(train_cmd(tmp_path, data_root, run, "trainer.epochs=1"), capture_output=True,
+                          timeout=300).returncode == 0
+    again = subprocess.run(train_cmd(tmp_path, data_root, run, "trainer.epochs=2", "optim.lr=0.002", "resume=true"),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "starting job run afresh: config changed: optim.lr, trainer.epochs" in again.stdout + again.stderr
+    assert [r["epoch"] for r in metrics(run)] == [1, 2] and "resumed_from_epoch" not in read_result(run)
+
+
+def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny_dataset):
+    """Ctrl-C of a sweep, then its resume command: the interrupted job continues from its
+    last.pt (every 2 steps here) instead of epoch 0; the completed one is skipped."""
+    args = ["trainer.epochs=3,30", "fault.sleep_s_per_epoch=0.5", "trainer.checkpoint_every_steps=2",
+            "hydra.launcher.n_jobs=2", "num_threads=1"]
+    proc = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(lambda: running_with_slot(tmp_path, "1"), timeout=120)
+    sweep = sweep_dirs(tmp_path)[0]
+    wait_for(lambda: read_result(sweep / "0") and read_result(sweep / "0")["status"] == "completed", timeout=180)
+    wait_for(lambda: (sweep / "1" / "metrics.jsonl").exists() and
+             len((sweep / "1" / "metrics.jsonl").read_text().splitlines()) >= 2, timeout=180)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    epochs_done = len(metrics(sweep / "1"))
+    again = subprocess.run(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=true"),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    r = read_result(sweep / "1")
+    assert r["status"] == "completed" and r["resumed_from_epoch"] >= epochs_done - 1 >= 1
+    assert [m["epoch"] for m in metrics(sweep / "1")] == list(range(1, r["epochs_run"] + 1))
+
+
+def test_every_job_records_what_ran_and_analyze_diffs_two_jobs(tmp_path, data_root, tiny_dataset):
+    out = subprocess.run(sweep_cmd(tmp_path, data_root, "optim.lr=0.001,0.002", "trainer.epochs=1"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    env = json.loads((sweep / "0" / "env.json").read_text())
+    assert env["command"][1:4] == ["-m", "hexsweep.train", "-m"]
+    assert env["versions"]["torch"] and env["versions"]["python"] and env["seeds"]["seed"] == 0
+    assert len(env["packages_sha256"]) == 64 and (sweep / "packages.txt").read_text().count("==") > 10
+    git = env["git"]
+    if git["commit"]:  # a git checkout: the diff is kept when the tree is dirty
+        assert (sweep / "0" / "git.diff").exists() == bool(git["dirty"])
+    assert read_result(sweep / "0")["env"]["packages_sha256"] == env["packages_sha256"]
+    diff = subprocess.run([sys.executable, "-m", "hexsweep.analyze", "--diff", str(sweep / "0"), str(sweep / "1")],
+                          capture_output=True, text=True, timeout=120)
+    assert diff.returncode == 0, diff.stderr
+    assert "optim.lr: 0.001 -> 0.002" in diff.stdout and "code: the same" in diff.stdout
+    assert "packages: the same" in diff.stdout
