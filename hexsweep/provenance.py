@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hexsweep.atomic import atomic_write_json, atomic_write_text
+from hexsweep.secrets import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE, DIFF_FILE, PACKAGES_FILE = "env.json", "git.diff", "packages.txt"
@@ -42,9 +43,10 @@ def command_line() -> list[str]:
     its file path in sys.argv[0]), or ``python script.py args``."""
     main = sys.modules.get("__main__")
     spec = getattr(getattr(main, "__spec__", None), "name", None)
+    args = [redact(a) or "" for a in sys.argv]  # a storage URL's password never reaches env.json
     if spec and not spec.startswith("__"):
-        return [sys.executable, "-m", spec.removesuffix(".__main__"), *sys.argv[1:]]
-    return [sys.executable, *sys.argv]
+        return [sys.executable, "-m", spec.removesuffix(".__main__"), *args[1:]]
+    return [sys.executable, *args]
 
 
 def git_state() -> tuple[dict[str, Any], str]:
@@ -112,7 +114,7 @@ def record(job_dir: Path, overrides: list[str], seeds: dict[str, Any], device: s
         atomic_write_text(job_dir / PACKAGES_FILE, text)
     env = {
         "command": command_line(),
-        "job_command": "python -m hexsweep.train " + " ".join(shlex.quote(o) for o in overrides),
+        "job_command": "python -m hexsweep.train " + " ".join(shlex.quote(redact(o) or "") for o in overrides),
         "git": git,
         "versions": versions(),
         "packages_sha256": digest,

@@ -35,6 +35,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from hexsweep.errors import ConfigError
+from hexsweep.secrets import redact  # noqa: F401  (the storage's users import it from here)
 
 DEFAULT_JOURNAL = "optuna/studies.journal"
 STORAGE_ENV = "HEXSWEEP_OPTUNA_STORAGE"  # how the sweeper hands the storage to its jobs
@@ -50,13 +51,6 @@ def default_storage(outputs: str | os.PathLike) -> str:
 
 def is_url(spec: str) -> bool:
     return bool(URL_RE.match(spec))
-
-
-def redact(spec: str | None) -> str | None:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    if spec is None:
-        return None
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", spec)
 
 
 def open_storage(spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
