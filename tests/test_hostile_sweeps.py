@@ -113,3 +113,71 @@ def test_names_and_an_unwritable_outputs_root_are_one_line_before_hydra(tmp_path
     finally:
         if made.returncode == 0:
             subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_root, tiny_dataset):
+    """The resume command run while the first driver still runs: refused in one line naming the
+    live driver; with resume=wait it waits for it. The live job never runs twice."""
+    import json
+    import socket
+    import time
+
+    from sweep_helpers import running_with_slot, sweep_dirs, wait_for
+
+    args = ["trainer.epochs=6", "fault.sleep_s_per_epoch=1", "seed=0"]
+    first = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    sweep = sweep_dirs(tmp_path)[0]
+    second = subprocess.run(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=true"),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"hexsweep: error: {sweep} is being run by another driver (pid {first.pid} on {socket.gethostname()}")
+    waiting = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=wait"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert waiting.poll() is None  # still waiting for the first driver
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    _, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    epochs = [json.loads(line)["epoch"] for line in (sweep / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # ran once: the waiting driver found it completed
+
+
+def test_bad_launcher_values_are_one_line_before_any_job(tmp_path):
+    for arg, message in [("hydra.launcher.timeout_s=-1", "hydra.launcher.timeout_s=-1 is invalid"),
+                         ("hydra.launcher.stall_timeout_s=0", "hydra.launcher.stall_timeout_s=0 is invalid"),
+                         ("hydra.launcher.kill_grace_s=-5", "hydra.launcher.kill_grace_s=-5 is invalid")]:
+        out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "debug=tiny", "seed=0,1", arg,
+                              f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            next(line for line in out.stderr.splitlines() if line.startswith("hexsweep: error: "))]
+        assert message in out.stderr
+        assert not list((tmp_path / "multirun").glob("*/*/0"))  # no job started
+
+
+def test_a_job_whose_process_still_runs_is_never_started_again(tmp_path):
+    """A job that outlived its driver (its pid alive on this host) is not restarted by a resume:
+    two runs would write into one folder."""
+    import json
+    import socket
+
+    from omegaconf import OmegaConf
+
+    from hexsweep.sweep.train_app import TRAIN_APP
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        job = tmp_path / "0"
+        job.mkdir()
+        (job / "result.json").write_text(json.dumps({"status": "running", "pid": live.pid,
+                                                     "host": socket.gethostname()}))
+        cfg = OmegaConf.create({"resume": True, "hydra": {"overrides": {"task": ["seed=0"]}}})
+        assert TRAIN_APP.still_running(cfg, job) == f"pid {live.pid} on {socket.gethostname()}"
+    finally:
+        live.kill()
+        live.wait()
+    assert TRAIN_APP.still_running(cfg, job) is None  # its process is gone: it reads as crashed, rerun

@@ -93,3 +93,46 @@ def test_example_app_returns_values_and_a_raising_job_fails_the_sweep(tmp_path) 
     assert "three is not allowed" in out.stderr
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2"]
     assert 'app.py", line 8, in app' in out.stderr  # the job's own frame, from the job process
+
+
+SLOT_APP = textwrap.dedent('''
+    import os
+    import socket
+    from pathlib import Path
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from hexsweep.resources.slots import read_holders
+
+    @hydra.main(config_path=None, version_base="1.3")
+    def app(cfg):
+        me = HydraConfig.get().runtime.output_dir
+        holders = read_holders(Path("outputs/.locks") / socket.gethostname().split(".")[0])
+        mine = [h["slot"] for h in holders if h.get("job_dir") == me]
+        Path(me, "ran").write_text(",".join(mine))
+        return cfg.x * 10
+
+    if __name__ == "__main__":
+        app()
+''')
+
+
+def test_a_plain_apps_jobs_hold_slots_and_resume_skips_what_completed(tmp_path) -> None:
+    (tmp_path / "app.py").write_text(SLOT_APP)
+
+    def sweep(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "app.py", "-m", "hydra/launcher=hexsweep", "hydra.launcher.n_jobs=2",
+                               "hydra.launcher.progress=off", "hydra.sweep.dir=sweep", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    out = sweep("+x=1,2,3")
+    assert out.returncode == 0, out.stderr
+    slots = [(tmp_path / "sweep" / str(i) / "ran").read_text() for i in range(3)]
+    assert all(s in ("cpu-0", "cpu-1") for s in slots)  # each job held one slot of the shared pool
+    for i in range(3):
+        (tmp_path / "sweep" / str(i) / "ran").unlink()
+    again = sweep("+x=1,2,3,4", "hydra.launcher.resume=true")
+    assert again.returncode == 0, again.stderr
+    ran = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/ran"))
+    assert ran == ["3"]  # the three completed jobs were not run again

@@ -15,7 +15,7 @@ from hexsweep.data.dataset import HexDataset
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.train import train_job
-from hexsweep.trainer import load_checkpoint
+from hexsweep.trainer import CHECKPOINT_VERSION, load_checkpoint
 
 
 def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
@@ -63,7 +63,7 @@ def test_checkpoint_reload_gives_identical_outputs(tiny_cfg, tmp_path, tiny_data
     cfg = tiny_cfg("trainer.epochs=1")
     train_job(cfg, tmp_path / "j")
     model, state = load_checkpoint(tmp_path / "j" / "best.pt")
-    assert state["format_version"] == 1 and state["epoch"] == 1
+    assert state["format_version"] == CHECKPOINT_VERSION and state["epoch"] == 1
     assert state["model_config"]["board_size"] == 5 and state["config"]["batch_size"] == 256
     again, _ = load_checkpoint(tmp_path / "j" / "best.pt")
     batch = next(HexDataset(tiny_dataset, "val").batches(32, shuffle=False))

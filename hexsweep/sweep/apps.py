@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.devices import usable_cores
+from hexsweep.resources.cluster import PARALLEL_ENV
 
 
 class JobApp:
@@ -29,6 +30,8 @@ class JobApp:
     beats_from_start: bool = False
     #: jobs never raise: failures live in the job folder, and Hydra gets COMPLETED + NaN
     records_failures: bool = False
+    #: its jobs take their own slot (with memory admission); else the runner takes one for them
+    takes_own_slot: bool = False
 
     def validate(self, cfg: DictConfig) -> None:
         """Raise a HexsweepError (one line) for a job config that must not start."""
@@ -65,7 +68,18 @@ class JobApp:
 
 
 class PlainApp(JobApp):
-    pass
+    """Any other Hydra app. With ``hydra.launcher.resume=true`` its jobs that completed in this
+    sweep folder (as sweep.json records) are not run again: their recorded return value is used."""
+
+    def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
+        from hexsweep.sweep.manifest import recorded_completion
+
+        if not OmegaConf.select(cfg, "hydra.launcher.resume", default=False):
+            return None
+        return recorded_completion(job_dir.parent, int(cfg.hydra.job.num), list(cfg.hydra.overrides.task))
+
+    def value_of(self, record: dict[str, Any] | None) -> Any:
+        return (record or {}).get("value")
 
 
 PLAIN = PlainApp()
@@ -94,8 +108,10 @@ def cpu_share(n_jobs: int) -> int:
 
 
 def job_env(n_jobs: int) -> dict[str, str]:
-    """Environment every job of the sweep gets: its CPU share, for any app."""
+    """Environment every job of the sweep gets: the driver's, plus its CPU share, for any app.
+    (Given to each job, never set in the driver's own environment, which may run other sweeps.)"""
     env = dict(os.environ)
+    env[PARALLEL_ENV] = str(n_jobs)  # how many jobs share this machine (resources/job.py)
     share = str(cpu_share(n_jobs))
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(key, share)

@@ -34,9 +34,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING
-from hexsweep.resources.cluster import PARALLEL_ENV
+from hexsweep.naming import host
 from hexsweep.sweep import owner, process
 from hexsweep.sweep.apps import JobApp, app_for, cpu_share, job_env
+from hexsweep.sweep.manifest import record_outcome
 from hexsweep.sweep.progress import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ class SweepDriver:
         payload = {"task_function": self.launcher.task_function, "hydra_context": self.launcher.hydra_context,
                    "config": cfg, "singleton_state": self.singleton_state, "env": job_env(self.n_jobs),
                    "cwd": str(Path.cwd()),
-                   "threads": None if self.app.records_failures else cpu_share(self.n_jobs)}
+                   "threads": None if self.app.records_failures else cpu_share(self.n_jobs),
+                   "slots": None if self.app.takes_own_slot else self.slot_spec()}
         try:
             proc, conn, beat = process.start_job(self.ctx, f"hexsweep-job-{num}", payload)
         except (OSError, EOFError) as e:  # the job died before it took its payload (e.g. its import failed)
@@ -159,6 +161,13 @@ class SweepDriver:
         self.running[num] = _Running(num, cfg, job_dir, label, proc, conn, beat, now, last_progress=now)
         self.progress.started()
         return None
+
+    def slot_spec(self) -> dict[str, Any]:
+        """Where and how a plain app's job takes its slot: hexsweep's slot pool, by default the
+        one hexsweep.train's jobs use when run from the same directory (outputs/.locks/<host>)."""
+        lock_dir = self.params.get("slots_dir") or str(Path.cwd() / "outputs" / ".locks" / host())
+        return {"lock_dir": lock_dir, "slots_per_gpu": int(self.params.get("slots_per_gpu") or 1),
+                "cpu_slots": self.n_jobs}
 
     def _watch(self, job: _Running, now: float) -> None:
         """Timeout, stall watchdog and kill escalation for one running job."""
@@ -221,6 +230,15 @@ class SweepDriver:
     def _outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
                  answer: tuple[str, JobReturn] | None, record: dict | None, skipped: bool = False,
                  death: tuple[str, str] | None = None) -> Outcome:
+        out = self._make_outcome(num, cfg, job_dir, status, answer, record, skipped, death)
+        if not skipped and status != RUNNING:
+            value = out.ret._return_value if out.ret.status == JobStatus.COMPLETED else None
+            record_outcome(self.sweep_dir, num, list(cfg.hydra.overrides.task), status, value)
+        return out
+
+    def _make_outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
+                      answer: tuple[str, JobReturn] | None, record: dict | None, skipped: bool,
+                      death: tuple[str, str] | None) -> Outcome:
         if answer is not None:
             ret = answer[1]
             if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value;
@@ -245,9 +263,6 @@ class SweepDriver:
     def run(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
         """Keep up to n_jobs running, taking configs from ``feed`` (None: nothing more for now),
         until ``feed`` has nothing and no job runs. Raises SweepInterrupted on Ctrl-C/SIGTERM."""
-        import os
-
-        os.environ[PARALLEL_ENV] = str(self.n_jobs)  # the jobs' CPU share (resources/job.py)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             with self.progress:

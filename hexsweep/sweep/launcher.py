@@ -18,9 +18,7 @@ job skips Hydra's post-sweep callback. Here:
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from hexsweep.atomic import atomic_write_json
 from hexsweep.cli import first_line
 from hexsweep.errors import HexsweepError
-from hexsweep.search.storage import redact
 from hexsweep.sweep.apps import JobApp, app_for
 from hexsweep.sweep.driver import Outcome, SweepDriver, common_overrides, job_label
+from hexsweep.sweep.manifest import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +78,6 @@ def validate_all(job_config: Callable[[Sequence[str], int], DictConfig], job_ove
             raise JobConfigError(f"job {first + i} ({label}): {first_line(str(e))}") from None
         configs.append(cfg)
     return configs
-
-
-def write_manifest(sweep_dir: Path, configs: list[DictConfig], n_jobs: int) -> None:
-    """``sweep.json``: the planned jobs, so the report can list jobs that never started."""
-    path = sweep_dir / "sweep.json"
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("jobs"), dict):
-            raise ValueError("not a manifest")
-    except (OSError, ValueError, UnicodeDecodeError):
-        manifest = {"jobs": {}}
-    for cfg in configs:
-        manifest["jobs"][str(cfg.hydra.job.num)] = {
-            "overrides": list(cfg.hydra.overrides.task), "dir": str(cfg.hydra.sweep.subdir),
-            "experiment": cfg.get("experiment_name")}
-    manifest.update({"n_jobs": n_jobs, "command": [redact(a) for a in sys.argv], "total": len(manifest["jobs"])})
-    atomic_write_json(path, manifest)
 
 
 def n_jobs_for(launcher: Any, app: JobApp, num_jobs: int) -> int:

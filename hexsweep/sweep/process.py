@@ -137,6 +137,34 @@ def _let_the_server_die_with_the_driver() -> None:
         server._forkserver_alive_fd = None
 
 
+def _take_slot(spec: dict[str, Any], cfg: Any) -> Any:
+    """Wait for a slot of hexsweep's pool (a GPU share, else a share of the cores) and pin the job
+    to it: a GPU slot becomes the job's only visible GPU, before the app can touch CUDA."""
+    import logging
+    from pathlib import Path
+
+    from hexsweep.devices import usable_cores
+    from hexsweep.resources.gpus import gpu_count, slot_keys
+    from hexsweep.resources.slots import SlotPool, describe_holder, read_holders
+
+    gpus = list(range(gpu_count()))
+    pool = SlotPool(Path(spec["lock_dir"]), gpus, spec["slots_per_gpu"], spec["cpu_slots"], usable_cores(),
+                    slot_keys() if gpus else {})
+
+    def notice(waited_s: float) -> None:
+        holders = "; ".join(describe_holder(h) for h in read_holders(pool.lock_dir)) or "no holder found"
+        logging.getLogger("hexsweep.runner").warning("job %s waits %.0f s for a free slot: %s",
+                                                     cfg.hydra.job.num, waited_s, holders)
+
+    slot = pool.acquire(None, on_wait=notice)
+    job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+    slot.describe({"overrides": list(cfg.hydra.overrides.task), "job_dir": str(job_dir)})
+    if slot.kind == "gpu":
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot.index] if slot.index < len(visible) else str(slot.index)
+    return slot
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -179,8 +207,12 @@ def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
     with contextlib.suppress(OSError):
         os.chdir(p["cwd"])
     heartbeat.attach(beat)
-    if p["threads"] and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(p["threads"])
+    threads = p["threads"]
+    if p.get("slots"):  # a plain app's job: the runner holds a slot for it, for its whole life
+        slot = _take_slot(p["slots"], p["config"])
+        threads = slot.threads
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     setup_globals()
     Singleton.set_state(p["singleton_state"])
     HydraConfig.instance().set_config(p["config"])

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from hexsweep.jobfolder import record_death
 from hexsweep.sweep.apps import app_for
-from hexsweep.sweep.launcher import compose_job, job_return, validate_all, write_manifest
+from hexsweep.sweep.launcher import compose_job, job_return, validate_all
+from hexsweep.sweep.manifest import write_manifest
 from hexsweep.sweep.ray_options import concurrent_tasks, init_options, remote_options
 
 log = logging.getLogger(__name__)

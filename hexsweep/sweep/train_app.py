@@ -24,6 +24,7 @@ class TrainApp(JobApp):
     preload = ("hexsweep.sweep.warm",)
     beats_from_start = True
     records_failures = True
+    takes_own_slot = True  # in train_job, with memory admission (resources/job.py)
 
     def validate(self, cfg: DictConfig) -> None:
         validate(cfg)
