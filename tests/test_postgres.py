@@ -128,7 +128,7 @@ def test_the_storage_password_lands_in_no_file(tmp_path, data_root, tiny_dataset
     url = pg_url.replace("hex@", f"hex:{secret}@")
     storage = url if how == "url" else "${oc.env:HEXSWEEP_TEST_STORAGE}"
     env = {**os.environ, "HEXSWEEP_TEST_STORAGE": url}
-    cmd = [c for c in driver(tmp_path, data_root, storage, f"secret_{how}", 2) if not c.startswith("resume=")]
+    cmd = [c for c in driver(tmp_path, data_root, storage, f"secret_{how}", 1) if not c.startswith("resume=")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert secret not in out.stdout + out.stderr
@@ -137,4 +137,4 @@ def test_the_storage_password_lands_in_no_file(tmp_path, data_root, tiny_dataset
     leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
     assert not leaks
     study = optuna.load_study(study_name=f"secret_{how}", storage=url)
-    assert len(study.trials) == 2  # the jobs did reach the storage
+    assert len(study.trials) == 1 and study.trials[0].intermediate_values  # the job did reach the storage

@@ -70,7 +70,7 @@ def test_a_changed_config_starts_afresh_and_says_which_keys(tmp_path, data_root,
 def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny_dataset):
     """Ctrl-C of a sweep, then its resume command: the interrupted job continues from its
     last.pt (every 2 steps here) instead of epoch 0; the completed one is skipped."""
-    args = ["trainer.epochs=3,30", "fault.sleep_s_per_epoch=0.5", "trainer.checkpoint_every_steps=2",
+    args = ["trainer.epochs=3,8", "fault.sleep_s_per_epoch=0.5", "trainer.checkpoint_every_steps=2",
             "hydra.launcher.n_jobs=2", "num_threads=1"]
     proc = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

@@ -127,7 +127,7 @@ def test_the_sqlite_search_that_deadlocked_finishes(tmp_path, data, attempt):
     held SQLite's mutex) now always ends."""
     db = f"sqlite:///{tmp_path / 's.db'}"
     out = run_sweep(tmp_path, data, "search=hex_tpe", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-                    f"hydra.sweeper.storage={db}", "trainer.epochs=2", timeout=300)
+                    f"hydra.sweeper.storage={db}", "trainer.epochs=1", timeout=300)
     assert out.returncode == 0, out.stderr
     statuses = [r["status"] for d in sweep_dirs(tmp_path)[0].iterdir() if d.is_dir() and (r := read_result(d))]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
