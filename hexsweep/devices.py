@@ -1,16 +1,20 @@
-"""Device and thread choice for one job."""
+"""Device and thread choice for one job. torch is imported only by the functions that need it:
+the sweep driver and a plain app's jobs count cores without paying torch's import."""
 
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from hexsweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    import torch
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", 0)
@@ -40,6 +44,7 @@ def usable_cores() -> int:
 
 def device_name(device: torch.device) -> str:
     """What the device is, for the record: the GPU's name, or the CPU's model."""
+    import torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform

@@ -191,7 +191,7 @@ def requeued() -> bool:
 
 def _redact_storage(record: dict[str, Any]) -> None:
     """A storage URL's password never reaches result.json."""
-    from hexsweep.search.storage import redact
+    from hexsweep.secrets import redact
 
     record["config"]["optuna"]["storage"] = redact(record["config"]["optuna"]["storage"])
     record["overrides"] = [redact(o) if o.startswith("optuna.storage=") else o for o in record.get("overrides", [])]

@@ -77,7 +77,7 @@ class _Running:
     started: float
     last_count: int = 0
     last_progress: float = 0.0
-    answer: tuple[str, JobReturn] | None = None
+    answer: dict[str, Any] | None = None  # what the job sent back (sweep/process.py)
     death: tuple[str, str] | None = None  # (kind, how) once the driver decided its end
     force: bool = False  # the driver's verdict replaces what the job wrote (timeout, stall)
     kill_at: float | None = None
@@ -118,7 +118,10 @@ class SweepDriver:
         self.stall_timeout_s = self.params.get("stall_timeout_s")
         self.kill_grace_s = float(self.params.get("kill_grace_s", 30.0))
         owner.own(sweep_dir, wait=self.app.waits_for_owner(launcher.config))  # SweepBusy if another driver runs it
-        self.ctx = process.context(process.server_preload(launcher.task_function, self.app.preload))
+        callbacks = [str(c.get("_target_", "")).rpartition(".")[0]
+                     for c in (OmegaConf.select(launcher.config, "hydra.callbacks") or {}).values()]
+        extra = (*self.app.preload, "hexsweep.sweep.warm_hydra", *(c for c in callbacks if c))
+        self.ctx = process.context(process.server_preload(launcher.task_function, extra))
         self.singleton_state = Singleton.get_state()
         self.stopping = False
         self.running: dict[int, _Running] = {}
@@ -219,7 +222,7 @@ class SweepDriver:
         if record is not None:
             status = str(record.get("status"))
         elif job.answer is not None and not job.force:
-            status = COMPLETED if job.answer[0] == "completed" else FAILED
+            status = COMPLETED if job.answer["status"] == "completed" else FAILED
         else:
             status = DEATH_STATUS[death[0]] if death else CRASHED
         out = self._outcome(job.num, job.cfg, job.job_dir, status, None if job.force else job.answer, record,
@@ -228,7 +231,7 @@ class SweepDriver:
         return out
 
     def _outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
-                 answer: tuple[str, JobReturn] | None, record: dict | None, skipped: bool = False,
+                 answer: dict[str, Any] | None, record: dict | None, skipped: bool = False,
                  death: tuple[str, str] | None = None) -> Outcome:
         out = self._make_outcome(num, cfg, job_dir, status, answer, record, skipped, death)
         if not skipped and status != RUNNING:
@@ -237,19 +240,23 @@ class SweepDriver:
         return out
 
     def _make_outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
-                      answer: tuple[str, JobReturn] | None, record: dict | None, skipped: bool,
+                      answer: dict[str, Any] | None, record: dict | None, skipped: bool,
                       death: tuple[str, str] | None) -> Outcome:
+        # Hydra's JobReturn, as its run_job builds it in the job: the task's config, the hydra
+        # node (composed in the driver; run_job adds only runtime.output_dir), working dir, name
+        hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.hydra.runtime.output_dir = str(job_dir)
+        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg), hydra_cfg=hydra_cfg,
+                        working_dir=(answer or {}).get("working_dir") or str(job_dir),
+                        task_name=(answer or {}).get("task_name") or str(cfg.hydra.job.name))
         if answer is not None:
-            ret = answer[1]
+            ret.status = JobStatus.COMPLETED if answer["status"] == "completed" else JobStatus.FAILED
+            ret.return_value = answer["value"]
             if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value;
                 ret.status = JobStatus.COMPLETED  # its jobs never fail Hydra's way (the report runs)
                 ret.return_value = self.app.value_of(record)
         else:
-            hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
-            with read_write(hydra_cfg), open_dict(hydra_cfg):
-                hydra_cfg.hydra.runtime.output_dir = str(job_dir)
-            ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg), hydra_cfg=hydra_cfg,
-                            working_dir=str(job_dir), task_name=str(cfg.hydra.job.name))
             if self.app.records_failures or skipped:
                 ret.status = JobStatus.COMPLETED
                 ret.return_value = self.app.value_of(record)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hexsweep.errors import HexsweepError
-from hexsweep.search.storage import redact
+from hexsweep.secrets import redact
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".driver.lock"

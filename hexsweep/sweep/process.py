@@ -83,15 +83,15 @@ def start_job(ctx: Any, name: str, payload: dict[str, Any]) -> tuple[Any, Connec
     """Start one job; returns (process, the driver's end of its result pipe, its beat counter)."""
     beat = ctx.RawValue("Q", 0)
     parent_end, child_end = ctx.Pipe(duplex=False)
-    blob = cloudpickle.dumps(payload)
+    blob = cloudpickle.dumps({**payload, "task_function": task_payload(payload["task_function"])})
     proc = ctx.Process(target=_job_main, name=name, args=(blob, child_end, beat), daemon=False)
     proc.start()
     child_end.close()
     return proc, parent_end, beat
 
 
-def receive(conn: Connection) -> tuple[str, Any] | None:
-    """The job's answer ("completed"/"failed", JobReturn), or None if it sent none."""
+def receive(conn: Connection) -> dict[str, Any] | None:
+    """The job's answer (status, value, working_dir, task_name), or None if it sent none."""
     try:
         if conn.poll():
             return pickle.loads(conn.recv_bytes())
@@ -169,20 +169,56 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def _dumps(obj: Any) -> bytes:
+    """Plain pickle when it can (fast: a JobReturn is configs and a value); cloudpickle for what only
+    it can pickle (a lambda, a class defined in a script). cloudpickle's lookup of functions by
+    module walks every loaded module, which costs ~0.3 s in a process that imported torch."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return cloudpickle.dumps(obj)
+
+
+class TaskRef:
+    """The task function of ``python -m pkg.app`` or ``python app.py``: ``@hydra.main`` wraps it, and
+    multiprocessing imports the app's main module again in each job (as ``__mp_main__``), so the job
+    finds it there by name instead of receiving it pickled by value."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def resolve(self) -> Any:
+        main = sys.modules["__main__"]
+        return getattr(main, self.name).__wrapped__
+
+
+def task_payload(task_function: Any) -> Any:
+    """How the task function travels to a job: by name when the main module has it, else pickled."""
+    main = sys.modules.get("__main__")
+    name = getattr(task_function, "__name__", None)
+    if (getattr(task_function, "__module__", None) == "__main__" and name and main is not None
+            and getattr(getattr(main, name, None), "__wrapped__", None) is task_function):
+        return TaskRef(name)
+    return task_function
+
+
 def _send(conn: Connection, status: str, ret: Any) -> None:
+    """What the driver needs to rebuild Hydra's JobReturn: the value, and what run_job learnt in
+    the job (its working dir and name). Not the JobReturn itself: its configs carry the job's
+    own copies of config classes, which only the slow cloudpickle can pickle."""
     value = ret._return_value
     if status == "failed" and isinstance(value, BaseException) and value.__traceback__ is not None:
         # a pickled exception loses its traceback: keep the job's frames as a note, which
         # Hydra prints with the error in the driver
         frames = "".join(traceback.format_tb(value.__traceback__))
         value.add_note(f"[in the job process]\nTraceback (most recent call last):\n{frames.rstrip()}")
+    answer = {"status": status, "value": value, "working_dir": ret.working_dir, "task_name": ret.task_name}
     try:
-        data = cloudpickle.dumps((status, ret))
+        data = _dumps(answer)
     except Exception:  # an unpicklable return value or exception: send what can be sent
-        value = ret._return_value
         text = "".join(traceback.format_exception(value)) if isinstance(value, BaseException) else repr(value)
-        ret._return_value = JobRaised(text) if isinstance(value, BaseException) else text
-        data = cloudpickle.dumps((status, ret))
+        answer["value"] = JobRaised(text) if isinstance(value, BaseException) else text
+        data = _dumps(answer)
     conn.send_bytes(data)
 
 
@@ -217,7 +253,9 @@ def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
     Singleton.set_state(p["singleton_state"])
     HydraConfig.instance().set_config(p["config"])
     try:
-        ret = run_job(hydra_context=p["hydra_context"], config=p["config"], task_function=p["task_function"],
+        task = p["task_function"]
+        task = task.resolve() if isinstance(task, TaskRef) else task
+        ret = run_job(hydra_context=p["hydra_context"], config=p["config"], task_function=task,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # multiprocessing's exit path runs the finalizers
