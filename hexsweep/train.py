@@ -11,14 +11,21 @@ exit status report it instead. A single run exits non-zero with one line. ``TRAI
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import socket
 import sys
-import time
-from pathlib import Path
-from typing import Any
+
+if __name__ == "__main__":  # a sweep: start the job server now, so that its imports overlap ours
+    from hexsweep.sweep.process import start_server_early
+
+    start_server_early(sys.argv[1:], ("hexsweep.sweep.warm", "hexsweep.sweep.warm_hydra", "hexsweep.train",
+                                      "hexsweep.sweep.callbacks"))
+
+import logging  # noqa: E402  (after the job server's start, on purpose)
+import math  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import hydra
 import numpy as np

@@ -138,6 +138,8 @@ def test_a_killed_driver_takes_its_jobs_down(tmp_path, data):
     losing its parent, stops (recorded interrupted) and frees its slot. No job runs on orphaned."""
     proc = start(tmp_path, data, "fault.sleep_s_per_epoch=5", "trainer.epochs=20")
     r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+    server = psutil.Process(r["pid"]).ppid()  # hexsweep.train's job server, with torch imported:
+    assert server != proc.pid and psutil.Process(server).num_threads() == 1  # still single-threaded
     proc.kill()
     proc.wait()
     sweep = sweep_dirs(tmp_path)[0]

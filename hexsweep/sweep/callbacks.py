@@ -21,9 +21,7 @@ from omegaconf import DictConfig
 from hexsweep import tracking
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import RESULT_FILE, read_result
-from hexsweep.sweep.aggregate import OK, aggregate
 from hexsweep.sweep.ray_options import fix_stock_ray_init
-from hexsweep.sweep.report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,11 @@ class ReportNotWritten(HexsweepError):
 
 
 def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
+    # pandas and the report, only when a report is written: Hydra instantiates this callback in
+    # every job too, and pandas starts a thread (jemalloc's) that the job server must not have
+    from hexsweep.sweep.aggregate import OK, aggregate
+    from hexsweep.sweep.report import write_report
+
     df = aggregate([sweep_dir])
     try:
         summary = write_report(df, sweep_dir, [sweep_dir])

@@ -74,9 +74,32 @@ def context(preload: list[str]) -> Any:
         ctx.set_forkserver_preload(preload)
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()  # fork+exec now, while the driver composes the jobs
+        # OpenBLAS (numpy's, scipy's) starts its worker threads when it loads: in the server it
+        # must not, since the server forks. Jobs do their heavy work in torch, whose threads are
+        # set per job; numpy's own BLAS calls in a job then run on one thread.
+        saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")}
+        os.environ.update({k: "1" for k in saved})
+        try:
+            forkserver.ensure_running()  # fork+exec now, while the driver composes the jobs
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         _context = ctx
     return _context
+
+
+def start_server_early(argv: list[str], preload: tuple[str, ...]) -> None:
+    """For an app that knows what its jobs import: start the job server before the app's own
+    imports when the command line is a sweep through the hexsweep launcher, so that the two
+    interpreters import in parallel (a sweep's first job starts seconds sooner)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    other = [a.partition("=")[2] for a in argv if a.lstrip("+").startswith("hydra/launcher=")]
+    if multirun and (not other or other[-1] == "hexsweep") and not any(a.startswith("--") and a != "--multirun"
+                                                                         for a in argv):
+        context(list(preload))
 
 
 def start_job(ctx: Any, name: str, payload: dict[str, Any]) -> tuple[Any, Connection, Any]:

@@ -7,9 +7,15 @@ pool that a forked child could not use, and it never touches CUDA. It also lists
 packages once, for every job's reproducibility record (hexsweep/provenance.py).
 """
 
+import warnings
+
 import torch
 
 from hexsweep import provenance
+
+# The server imports hexsweep.train under its name; multiprocessing runs it again in each job
+# as __mp_main__, and runpy warns that it is already imported. Expected here: silence it.
+warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package", category=RuntimeWarning)
 
 torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 provenance.packages()  # the installed packages, listed once (~0.1 s), for every job's env.json
