@@ -123,6 +123,16 @@ def _corrupt(reason: str) -> dict[str, Any]:
     return {"status": CORRUPT, "error": {"type": "Corrupt", "message": reason}}
 
 
+def sibling_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The results of every job folder of a sweep (memory admission learns from them)."""
+    out = []
+    for entry in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
+        record = read_result(entry.parent)
+        if record is not None:
+            out.append(record)
+    return out
+
+
 def completed_result(job_dir: str | os.PathLike, overrides: list[str]) -> dict[str, Any] | None:
     """For resume: the job's earlier result if it finished with the same overrides."""
     record = read_result(job_dir)

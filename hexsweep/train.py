@@ -53,6 +53,7 @@ from hexsweep.jobfolder import (
     JobFolder,
     completed_result,
     read_result,
+    sibling_results,
 )
 from hexsweep.model import HexNet, NetConfig, count_parameters
 from hexsweep.naming import register_resolvers
@@ -124,7 +125,8 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
     validate(cfg)
     in_sweep = bool(info.get("multirun"))
     describe = {"experiment": cfg.experiment_name, "overrides": info.get("overrides", [])}
-    with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe) as res, \
+    with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe,
+                       lambda: sibling_results(job_dir.parent)) as res, \
             tracked(cfg, job_dir, record, res.slot.name if res.slot else None) as tracker:
         threads = cfg.num_threads or res.threads
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from sweep_helpers import sweep_cmd
 
-from hexsweep.jobfolder import completed_result, read_result
+from hexsweep.jobfolder import completed_result, read_result, sibling_results
 from hexsweep.resources.admission import learned_need
 from hexsweep.sweep.aggregate import aggregate, load_curves
 from hexsweep.sweep.report import write_report
@@ -48,7 +48,7 @@ def test_malformed_job_files_become_corrupt_rows_and_the_rest_goes_on(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     # a new job's memory admission reads its siblings' results: the bad ones are skipped
-    assert learned_need(sweep, {"model": "small"}).ram_mb > 100
+    assert learned_need(sibling_results(sweep), {"model": "small"}).ram_mb > 100
     # resume reruns a corrupt job: it is not completed
     assert completed_result(sweep / "1", ["seed=1"]) is None
     assert read_result(sweep / "1")["status"] == "corrupt"

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from hexsweep.jobfolder import sibling_results
 from hexsweep.resources import admission, gpus
 from hexsweep.resources import job as jobres
 from hexsweep.resources.cluster import Assignment, jobs_per_node
@@ -158,11 +159,11 @@ def test_memory_need_is_learned_from_finished_jobs(tmp_path):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "result.json").write_text(json.dumps(
             {"status": status, "peak_rss_mb": rss, "peak_gpu_mem_mb": rss / 2, "signature": s}))
-    need = admission.learned_need(tmp_path, sig)
+    need = admission.learned_need(sibling_results(tmp_path), sig)
     assert need.ram_mb == pytest.approx(1000 * admission.MARGIN)
     assert need.gpu_mem_mb == pytest.approx(500 * admission.MARGIN)
     assert "2 finished job" in need.source
-    assert admission.learned_need(tmp_path, {**sig, "batch_size": 64}) is None
+    assert admission.learned_need(sibling_results(tmp_path), {**sig, "batch_size": 64}) is None
 
 
 def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):

@@ -2,7 +2,8 @@
 
 What a job needs is configured (``resources.gpu_mem_mb``, ``resources.ram_mb``) or learned:
 the largest peak recorded by finished jobs of the same sweep with the same model, board
-size and batch size (their ``result.json``), plus a margin. With neither, the job starts.
+size and batch size (their results, which the caller reads through hexsweep/jobfolder.py),
+plus a margin. With neither, the job starts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,11 @@ def job_signature(cfg: Any) -> dict[str, Any]:
             "board_size": cfg.data.board_size, "batch_size": cfg.batch_size}
 
 
-def learned_need(sweep_dir: Path, signature: dict[str, Any]) -> Need | None:
+def learned_need(finished: Iterable[dict[str, Any]], signature: dict[str, Any]) -> Need | None:
+    """From the results of the sweep's finished jobs (read by hexsweep/jobfolder.py, which owns
+    result.json): the largest peaks of completed jobs with the same signature, plus a margin."""
     ram, gpu, seen = 0.0, 0.0, 0
-    for result in sweep_dir.glob("*/result.json"):
-        try:
-            r = json.loads(result.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
+    for r in finished:
         if not isinstance(r, dict) or r.get("status") != "completed" or r.get("signature") != signature:
             continue
         seen += 1
@@ -78,12 +78,13 @@ def probed_need(outputs: Path, signature: dict[str, Any], on_gpu: bool) -> Need 
     return None
 
 
-def required(cfg: Any, sweep_dir: Path | None, signature: dict[str, Any], on_gpu: bool = False) -> Need | None:
-    """Configured, else learned from finished jobs of this sweep, else from the last probe."""
+def required(cfg: Any, finished: Iterable[dict[str, Any]] | None, signature: dict[str, Any],
+             on_gpu: bool = False) -> Need | None:
+    """Configured, else learned from the finished jobs of this sweep, else from the last probe."""
     res = cfg.resources
     if res.ram_mb is not None or res.gpu_mem_mb is not None:
         return Need(res.ram_mb, res.gpu_mem_mb, "configured")
-    learned = learned_need(sweep_dir, signature) if sweep_dir is not None else None
+    learned = learned_need(finished, signature) if finished is not None else None
     return learned or probed_need(Path(cfg.paths.outputs), signature, on_gpu)
 
 

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,10 @@ def make_pool(cfg: Any, parallel: int) -> SlotPool:
 
 
 @contextlib.contextmanager
-def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
-                  describe: dict[str, Any]) -> Iterator[JobResources]:
-    """Hold a slot (in sweeps, or with resources.slots=on), wait for memory, sample usage."""
+def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int, describe: dict[str, Any],
+                  finished: Callable[[], list[dict[str, Any]]] | None = None) -> Iterator[JobResources]:
+    """Hold a slot (in sweeps, or with resources.slots=on), wait for memory, sample usage.
+    ``finished``: the results of the sweep's finished jobs, to learn what a job needs."""
     use_slots = cfg.resources.slots == "on" or (cfg.resources.slots == "auto" and in_sweep)
     slot: Slot | None = None
     waited = 0.0
@@ -97,7 +98,7 @@ def job_resources(cfg: Any, job_dir: Path, in_sweep: bool, parallel: int,
         if slurm and (cpus := slurm_cpus()):
             threads = cpus
         gpu_index = slot.index if slot is not None and slot.kind == "gpu" else None
-        need = admission.required(cfg, job_dir.parent if in_sweep else None,
+        need = admission.required(cfg, finished() if in_sweep and finished is not None else None,
                                   admission.job_signature(cfg), on_gpu=gpu_index is not None)
         waited += admission.wait_for_memory(need, gpu_index, cfg.resources.wait_timeout_s)
         with ResourceSampler(job_dir / "resources.jsonl", cfg.resources.sample_interval_s,
