@@ -102,8 +102,7 @@ def test_names_and_an_unwritable_outputs_root_are_one_line_before_hydra(tmp_path
         cases = [(["hydra.job.name=../../x"], "hydra.job.name='../../x' is invalid"),
                  (["-m", "hydra.job.name=a/b", "seed=0,1"], "hydra.job.name='a/b' is invalid")]
         if made.returncode == 0:
-            cases += [([f"paths.outputs={ro}/out"], "cannot be written (Read-only file system)"),
-                      (["-m", f"paths.outputs={ro}/out", "seed=0,1"], "cannot be written (Read-only file system)")]
+            cases += [(["-m", f"paths.outputs={ro}/out", "seed=0,1"], "cannot be written (Read-only file system)")]
         for args, message in cases:
             out = subprocess.run([sys.executable, "-m", "hexsweep.train", "debug=tiny", *args], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=120)
@@ -125,7 +124,7 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
 
     from sweep_helpers import running_with_slot, sweep_dirs, wait_for
 
-    args = ["trainer.epochs=4", "fault.sleep_s_per_epoch=1", "seed=0"]
+    args = ["trainer.epochs=3", "fault.sleep_s_per_epoch=1", "seed=0"]
     first = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
@@ -144,18 +143,18 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
     _, err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, err
     epochs = [json.loads(line)["epoch"] for line in (sweep / "0" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4]  # ran once: the waiting driver found it completed
+    assert epochs == [1, 2, 3]  # ran once: the waiting driver found it completed
 
 
 def test_bad_launcher_values_are_one_line_before_any_job(tmp_path):
-    for arg, message in [("hydra.launcher.timeout_s=-1", "hydra.launcher.timeout_s=-1 is invalid"),
-                         ("hydra.launcher.stall_timeout_s=0", "hydra.launcher.stall_timeout_s=0 is invalid"),
-                         ("hydra.launcher.kill_grace_s=-5", "hydra.launcher.kill_grace_s=-5 is invalid")]:
+    for arg, message in [("hydra.launcher.timeout_s=-1", "hydra.launcher.timeout_s=-1"),
+                         ("hydra.launcher.stall_timeout_s=0", "hydra.launcher.stall_timeout_s=0"),
+                         ("hydra.launcher.kill_grace_s=-5", "hydra.launcher.kill_grace_s=-5")]:
         out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "debug=tiny", "seed=0,1", arg,
                               f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and out.stderr.strip().splitlines() == [
             next(line for line in out.stderr.splitlines() if line.startswith("hexsweep: error: "))]
-        assert message in out.stderr
+        assert message in out.stderr and "is invalid: allowed" in out.stderr
         assert not list((tmp_path / "multirun").glob("*/*/0"))  # no job started
 
 

@@ -44,14 +44,14 @@ def driver(outputs, data, url, study, n_trials, *extra):
 
 def test_two_drivers_share_one_study(tmp_path, data_root, tiny_dataset, pg_url):
     a, b = tmp_path / "a", tmp_path / "b"
-    procs = [subprocess.Popen(driver(o, data_root, pg_url, "shared", 6), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(driver(o, data_root, pg_url, "shared", 4), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for o in (a, b)]
     for p in procs:
         _, err = p.communicate(timeout=400)
         assert p.returncode == 0, err
     study = optuna.load_study(study_name="shared", storage=pg_url)
     numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers)) >= 6
+    assert len(numbers) == len(set(numbers)) >= 4
     hosts_dirs = {str(sweep_dirs(a)[0]), str(sweep_dirs(b)[0])}
     assert {os.path.dirname(t.user_attrs["job_dir"]) for t in study.trials} == hosts_dirs  # both drivers ran trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)

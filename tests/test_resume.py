@@ -17,7 +17,7 @@ TIMING = {"samples_per_s", "epoch_time_s", "rss_mb", "gpu_peak_mb"}
 
 
 def train_cmd(outputs, data, run_dir, *extra):
-    return [sys.executable, "-m", "hexsweep.train", "debug=tiny", "strength.games=0", "trainer.epochs=4",
+    return [sys.executable, "-m", "hexsweep.train", "debug=tiny", "strength.games=0", "trainer.epochs=3",
             "num_threads=1", "trainer.progress=off", f"paths.outputs={outputs}", f"paths.data={data}",
             f"hydra.run.dir={run_dir}", *extra]
 
