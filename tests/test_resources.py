@@ -232,6 +232,9 @@ def test_a_slot_wait_names_the_holder_and_flags_a_stopped_one(tmp_path):
     try:
         assert holder_state(sleeper.pid) == "alive but idle (stalled?)"
         os.kill(sleeper.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not holder_state(sleeper.pid).startswith("STOPPED") and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kernel marks it stopped a moment after the signal
         assert holder_state(sleeper.pid).startswith("STOPPED")
         line = describe_holder({"slot": "cpu-0", "pid": sleeper.pid, "since": 0, "job_dir": "/runs/sweep-a/3"})
         assert line.startswith(f"cpu-0 held by pid {sleeper.pid} (STOPPED") and "job 3 of /runs/sweep-a" in line
