@@ -180,3 +180,30 @@ def test_a_job_whose_process_still_runs_is_never_started_again(tmp_path):
         live.kill()
         live.wait()
     assert TRAIN_APP.still_running(cfg, job) is None  # its process is gone: it reads as crashed, rerun
+
+
+def test_the_report_warns_when_jobs_ran_on_different_code_or_packages(tmp_path):
+    """Two jobs of one sweep with other commits and packages (as after a `git pull` mid-sweep)."""
+    import json
+
+    from hexsweep.sweep.aggregate import aggregate
+    from hexsweep.sweep.report import write_report
+
+    sweep = tmp_path / "sweep"
+    for name, commit, dirty, packages in (("0", "a" * 40, False, "1" * 64), ("1", "b" * 40, True, "2" * 64)):
+        d = good(sweep, name, 1.0 + int(name))
+        record = json.loads((d / "result.json").read_text())
+        record["env"] = {"git": {"commit": commit, "dirty": dirty, "diff_sha256": "c" * 64 if dirty else None},
+                         "packages_sha256": packages}
+        (d / "result.json").write_text(json.dumps(record))
+    df = aggregate([sweep])
+    assert sorted(df["code"]) == ["a" * 12, "b" * 12 + "+" + "c" * 8]
+    summary = write_report(df, sweep, [sweep])
+    warning = summary["provenance_warning"]
+    assert warning.startswith("these jobs ran on 2 versions of the code")
+    assert "2 versions of the installed packages" in warning
+    assert f"**Warning**: {warning}." in (sweep / "report.md").read_text()
+    same = tmp_path / "same"
+    for name in ("0", "1"):
+        good(same, name, 1.0)
+    assert write_report(aggregate([same]), same, [same])["provenance_warning"] is None

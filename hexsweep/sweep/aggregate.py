@@ -101,11 +101,33 @@ def job_row(job: Path, sweep: str) -> dict[str, Any]:
         "win_rate_vs_generator": (r.get("strength") or {}).get("win_rate_vs_generator"),
         "win_rate_vs_random": (r.get("strength") or {}).get("win_rate_vs_random"),
         "error": f"{error.get('type')}: {error.get('message')}" if error else None,
+        "code": code_of(r.get("env")),
+        "packages": ((r.get("env") or {}).get("packages_sha256") or "")[:12] or None,
     })
     for key in METRIC_KEYS:
         row[f"best_{key}"] = best.get(key)
         row[f"final_{key}"] = final.get(key)
     return row
+
+
+def code_of(env: Any) -> str | None:
+    """The code a job ran, as one word: the git commit, and the uncommitted diff's hash if dirty."""
+    git = (env or {}).get("git") if isinstance(env, dict) else None
+    if not git or not git.get("commit"):
+        return None
+    return git["commit"][:12] + (f"+{git['diff_sha256'][:8]}" if git.get("dirty") and git.get("diff_sha256") else "")
+
+
+def provenance_warning(df: pd.DataFrame) -> str | None:
+    """One line when the jobs of the table ran on different code or different packages."""
+    parts = []
+    for col, what in (("code", "code (git commit + uncommitted diff)"), ("packages", "installed packages")):
+        if col in df and df[col].dropna().nunique() > 1:
+            parts.append(f"{df[col].dropna().nunique()} versions of the {what}")
+    if not parts:
+        return None
+    return ("these jobs ran on " + " and ".join(parts) + ": compare two with python -m hexsweep.analyze "
+            "--diff <job A> <job B>")
 
 
 def not_started_rows(sweep_dir: Path, seen: set[str], sweep: str) -> list[dict[str, Any]]:

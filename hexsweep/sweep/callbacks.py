@@ -57,6 +57,8 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
     best = summary["best"]
     best_text = (f"; best: job {best['job_num']} ({best['label']}) "
                  f"{summary['objective_metric']}={best['objective']:.4f}" if best else "")
+    if summary.get("provenance_warning"):
+        print(f"[hexsweep] warning: {summary['provenance_warning']}", file=sys.stderr, flush=True)
     print(f"[hexsweep] {ok} of {summary['total']} jobs completed{best_text}\n"
           f"[hexsweep] report: {sweep_dir / 'report.md'}", file=sys.stderr, flush=True)
     if (line := failure_line(summary)) and not interrupted:

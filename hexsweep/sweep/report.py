@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
-from hexsweep.sweep.aggregate import OK, load_best_rows, load_curves
+from hexsweep.sweep.aggregate import OK, load_best_rows, load_curves, provenance_warning
 from hexsweep.sweep.stats import CONFIDENCE, MAX_SEEDS, group_stats, more_seeds_command
 
 TOURNAMENT_DIR = "tournament"  # <sweep folder>/tournament/, written by python -m hexsweep.tournament
@@ -391,6 +391,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
     atomic_write(out_dir / "results.parquet", lambda f: df.to_parquet(f, index=False), mode="wb")
     summary = summarise(df, sweep_dirs, direction)
     summary["out_dir"] = str(out_dir)
+    summary["provenance_warning"] = provenance_warning(df)
     summary["tournaments"] = load_tournaments(sweep_dirs)
     metric = summary["objective_metric"] or "val_objective"
     curve_metric = metric if str(metric).startswith("val_") else "val_objective"
@@ -559,6 +560,8 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
              f"Generated {s['generated_at']}; objective `{s['objective_metric']}` ({s['direction']}).", ""]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s["by_status"].items()))
     lines += [f"**{s['total']} jobs**: {counts or 'none'}.", ""]
+    if s.get("provenance_warning"):
+        lines += [f"**Warning**: {s['provenance_warning']}.", ""]
     if s["best"]:
         b = s["best"]
         lines += [f"**Best job**: {b['job_num']} `{b['label']}`: {s['objective_metric']} = "
