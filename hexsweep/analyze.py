@@ -26,6 +26,7 @@ import pandas as pd
 
 from hexsweep import provenance
 from hexsweep.cli import fail
+from hexsweep.config import flat_config
 from hexsweep.jobfolder import read_result
 from hexsweep.sweep.aggregate import aggregate
 from hexsweep.sweep.callbacks import failure_line
@@ -78,15 +79,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"report: {out / 'report.md'}  table: {out / 'results.csv'}")
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
@@ -99,7 +91,7 @@ def job_diff(a: Path, b: Path) -> list[str]:
     """Lines saying how job ``b`` differs from job ``a``: config keys, code, packages, versions."""
     lines = [f"--- {a}", f"+++ {b}"]
     ra, rb = read_result(a) or {}, read_result(b) or {}
-    ca, cb = _flat(ra.get("config") or {}), _flat(rb.get("config") or {})
+    ca, cb = flat_config(ra.get("config") or {}), flat_config(rb.get("config") or {})
     skip = ("optuna.trial_number",)
     keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in skip]
     lines.append(f"config: {len(keys)} key(s) differ" if keys else "config: the same")

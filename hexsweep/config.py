@@ -431,3 +431,13 @@ def validate(cfg: Any) -> None:
     _check(cfg.resources.slots in ("auto", "on", "off"), "resources.slots", cfg.resources.slots,
            "'auto', 'on' or 'off'")
     _check(cfg.optuna.pruner in PRUNERS, "optuna.pruner", cfg.optuna.pruner, ", ".join(PRUNERS))
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved config (nested dicts) as ``{"a.b.c": value}``, to compare two configs key by key."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from hexsweep.atomic import append_jsonl, atomic_write
 from hexsweep.calibration import value_detail
+from hexsweep.config import flat_config
 from hexsweep.data.dataset import HexDataset
 from hexsweep.evaluate import StrengthSpec, win_rate
 from hexsweep.heartbeat import beat
@@ -233,15 +234,6 @@ class _StopRequests:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flat_config(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
