@@ -63,7 +63,7 @@ from hexsweep.search.pruning import trial_hook
 from hexsweep.sweep.apps import job_app
 from hexsweep.sweep.train_app import TRAIN_APP
 from hexsweep.tracking import tracked
-from hexsweep.trainer import EpochHook, evaluate, load_training_state, train
+from hexsweep.trainer import EpochHook, Stopped, evaluate, load_training_state, train
 
 log = logging.getLogger("hexsweep.train")
 register_schema()
@@ -238,6 +238,7 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
         return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
         record = record_failure(job_dir, exc, info)
+        hand_over_preemption(exc)
         if record["status"] != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
             return record
     if torch.cuda.is_available():
@@ -250,7 +251,20 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
     try:
         return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
-        return record_failure(job_dir, exc, info)
+        record = record_failure(job_dir, exc, info)
+        hand_over_preemption(exc)
+        return record
+
+
+def hand_over_preemption(exc: BaseException) -> None:
+    """A job that submitit's preemption (or time-limit) signal stopped, with its training state
+    saved and its folder marked interrupted: now submitit's own handler checkpoints the job
+    (Hydra's submitit launcher resubmits it as it is) and requeues it; it exits this process.
+    The requeued job continues from last.pt (``requeued``)."""
+    handover = getattr(exc, "handover", None)
+    if isinstance(exc, Stopped) and handover is not None:
+        log.warning("preempted: training state saved in last.pt; submitit requeues this job")
+        handover()
 
 
 def enter_launch_dir(launch_dir: str) -> None:

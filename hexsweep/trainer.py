@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import signal
 import sys
@@ -208,28 +209,60 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 class Stopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped training at a step boundary, after last.pt was written."""
+    """Ctrl-C, SIGTERM or a scheduler's preemption signal stopped training at a step boundary,
+    after last.pt was written. ``handover``: for a preemption under submitit, submitit's own
+    handler (checkpoint and requeue), which the job calls once it has recorded the stop."""
+
+    def __init__(self, message: str, handover: Callable[[], None] | None = None) -> None:
+        super().__init__(message)
+        self.handover = handover
+
+
+def preemption_signal() -> signal.Signals | None:
+    """The signal submitit sends a job before a preemption or its time limit (SIGUSR2 unless
+    ``SUBMITIT_PREEMPT_SIGNAL`` names another), for a job that submitit runs; else None.
+    Read from the environment as submitit reads it, so that the library never imports an executor."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
 class _StopRequests:
-    """SIGINT/SIGTERM during training: the first asks the loop to stop at the next step boundary
-    (after saving the training state), a second stops at once. Only in the main thread, where
-    Python runs signal handlers; the previous handlers come back on exit."""
+    """Stop requests during training, honoured at the next step boundary after saving the
+    training state. Only in the main thread, where Python runs signal handlers; the previous
+    handlers come back on exit.
+
+    - SIGINT/SIGTERM: the first asks the loop to stop, a second stops at once.
+    - Under submitit, the preemption signal instead. submitit installs a handler for it that
+      checkpoints (Hydra's submitit launcher resubmits the same job) and requeues at once,
+      wherever the job is; it would lose every step since the last save. The loop saves first
+      and then hands over to that handler (``Stopped.handover``). SIGTERM stays submitit's
+      (it ignores it, so that a requeued job is not killed before it has checkpointed)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
         self.previous: dict[int, Any] = {}
+        self.preempt = preemption_signal()
+        self.handover: Callable[[], None] | None = None
 
     def __enter__(self) -> _StopRequests:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, self.preempt) if self.preempt else (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        previous = self.previous.get(signum)
+        if signum == self.preempt and callable(previous):
+            if self.requested:  # preempted again before a step boundary: submitit's handler, now
+                previous(signum, frame)
+            self.handover = lambda: previous(signum, None)
+        elif self.requested:
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name} (again)")
         self.requested = signal.Signals(signum).name
+
+    def stopped(self, message: str) -> Stopped:
+        return Stopped(message, self.handover)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
@@ -304,8 +337,9 @@ def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
     ``last.pt`` is the complete training state (model, optimizer, scheduler, scaler, the
     early-stopping state with the best weights, the metrics so far, every RNG state and the
     data order), written atomically at the end of every epoch and every
-    ``trainer.checkpoint_every_steps`` steps. Ctrl-C or SIGTERM stops at the next step
-    boundary after writing it (a second one stops at once), and raises ``Stopped``."""
+    ``trainer.checkpoint_every_steps`` steps. Ctrl-C or SIGTERM (under submitit: its preemption
+    signal) stops at the next step boundary after writing it (a second one stops at once), and
+    raises ``Stopped``. A resumed run shows ``on_epoch_end`` its last finished epoch again first."""
     with _StopRequests() as stop:
         return _train(cfg, train_data, val_data, model, device, job_dir, plain_config, on_epoch_end, logger,
                       resume, stop)
@@ -360,6 +394,12 @@ def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet
         out.resumed_from = (first_epoch, skip)
         if tcfg.patience and stale >= tcfg.patience:  # it had stopped early: nothing left to train
             out.stopped_early, first_epoch = True, tcfg.epochs + 1
+        elif on_epoch_end is not None and out.history and skip == 0:
+            # the last finished epoch again: a stop between its save and its hook left it unasked
+            # (a pruning hook reports each epoch once and may prune now)
+            last = out.history[-1]
+            if on_epoch_end(int(last["epoch"]), last, model):
+                out.stopped_by_hook, first_epoch = True, tcfg.epochs + 1
 
     def save_state(epoch: int, step: int, data_epoch_start: dict, part: dict | None) -> None:
         """last.pt: everything needed to continue at ``step`` of ``epoch`` (0: its start)."""
@@ -417,8 +457,8 @@ def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet
                                                            "elapsed_s": elapsed_before + time.perf_counter() - start})
             if stop.requested:
                 bar.close()
-                raise Stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
-                              "state is in last.pt (resume=true continues from there)")
+                raise stop.stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
+                                   "state is in last.pt (resume=true continues from there)")
         skip = 0
         train_time = elapsed_before + time.perf_counter() - start
         bar.close()
@@ -453,8 +493,8 @@ def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet
         if tcfg.checkpoints:
             save_state(epoch + 1, 0, copy.deepcopy(rng.bit_generator.state), None)
         if stop.requested:
-            raise Stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in last.pt "
-                          "(resume=true continues from there)")
+            raise stop.stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in "
+                               "last.pt (resume=true continues from there)")
         if on_epoch_end is not None and on_epoch_end(epoch, metrics, model):
             out.stopped_by_hook = True
             break

@@ -4,6 +4,7 @@ uninterrupted one does (CPU, one thread); the job folder records exactly what ra
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -89,6 +90,32 @@ def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny
     r = read_result(sweep / "1")
     assert r["status"] == "completed" and r["resumed_from_epoch"] >= epochs_done - 1 >= 1
     assert [m["epoch"] for m in metrics(sweep / "1")] == list(range(1, r["epochs_run"] + 1))
+
+
+def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped(tmp_path, data_root,
+                                                                                  tiny_dataset):
+    """Through Hydra's submitit launcher and submitit's local executor: the signal submitit sends
+    before a time limit or preemption (USR2) arrives mid-training; the job saves its state at the
+    next step, submitit checkpoints and requeues it, and the requeued job continues from last.pt
+    to exactly the end of an uninterrupted run."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    slow = "fault.sleep_s_per_epoch=1"  # a window to send the signal in
+    whole, sweep = tmp_path / "whole", tmp_path / "sweep"
+    assert subprocess.run(train_cmd(tmp_path, data_root, whole, slow), capture_output=True, timeout=300).returncode == 0
+    cmd = [c for c in train_cmd(tmp_path, data_root, whole, slow) if not c.startswith("hydra.run.dir=")]
+    proc = subprocess.Popen([*cmd[:3], "-m", *cmd[3:], "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = sweep / "0"
+    wait_for(lambda: (job / "metrics.jsonl").exists(), timeout=180)
+    first = read_result(job)
+    os.kill(first["pid"], signal.SIGUSR2)  # what submitit's local controller sends before a timeout
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    done = read_result(job)
+    assert done["status"] == "completed" and done["pid"] != first["pid"]  # a new process: requeued
+    assert done["resumed_from_epoch"] >= 1 and done["resumed_from_step"] >= 1  # saved at a step, not an epoch
+    assert same_training(metrics(whole), metrics(job)) == []
+    assert done["objective"] == read_result(whole)["objective"]
 
 
 def test_every_job_records_what_ran_and_analyze_diffs_two_jobs(tmp_path, data_root, tiny_dataset):
