@@ -150,7 +150,7 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
             "model": {"name": cfg.model.name, "parameters": count_parameters(model)},
         })
         faults.before_training(cfg, model)
-        pruning_hook, trial_info = trial_hook(cfg)
+        pruning_hook, trial_info = trial_hook(cfg, resumed=state is not None)
         if trial_info:
             record["optuna"] = trial_info
         hook = faults.fault_hook(cfg, on_epoch_end or pruning_hook)

@@ -136,3 +136,26 @@ def test_every_job_records_what_ran_and_analyze_diffs_two_jobs(tmp_path, data_ro
     assert diff.returncode == 0, diff.stderr
     assert "optim.lr: 0.001 -> 0.002" in diff.stdout and "code: the same" in diff.stdout
     assert "packages: the same" in diff.stdout
+
+
+def test_a_resumed_trial_reports_each_epoch_once_and_keeps_what_it_had(tmp_path, tiny_cfg):
+    """The pruning hook of a job that continues its trial reports only the epochs the trial does
+    not have; a run that starts afresh in a trial with reports says which epochs it cannot replace."""
+    import optuna
+
+    from hexsweep.search.pruning import trial_hook
+    from hexsweep.search.storage import open_storage
+
+    journal = tmp_path / "s.journal"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    study.ask().report(0.5, 1)
+    cfg = tiny_cfg("optuna.study_name=s", "optuna.trial_number=0", f"optuna.storage={journal}",
+                   "optuna.pruner=none")
+    hook, info = trial_hook(cfg, resumed=True)
+    assert "earlier_epochs" not in info
+    metric = cfg.objective.metric
+    assert hook(1, {metric: 0.9}, None) is False and hook(2, {metric: 0.7}, None) is False
+    reloaded = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    assert reloaded.trials[0].intermediate_values == {1: 0.5, 2: 0.7}
+    _, info = trial_hook(cfg, resumed=False)
+    assert info["earlier_epochs"] == [1, 2]

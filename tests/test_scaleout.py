@@ -35,6 +35,7 @@ def slurm_script(tmp_path, monkeypatch, *overrides: str) -> str:
     params["name"] = "train"
     executor.update_parameters(**params)
     assert executor._executor.parameters["array_parallelism"] == 16
+    assert cfg.hydra.launcher.max_num_timeout == 3  # timed-out jobs are requeued, not only preempted ones
     return executor._executor._make_submission_file_text("python -m hexsweep.train", "uid")
 
 
@@ -42,7 +43,8 @@ def test_slurm_preset_asks_for_one_gpu_per_job(tmp_path, monkeypatch):
     text = slurm_script(tmp_path, monkeypatch, "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
                         "hydra.launcher.setup=[module load cuda]")
     for line in ("#SBATCH --gpus-per-node=1", "#SBATCH --partition=gpu", "#SBATCH --time=30",
-                 "#SBATCH --mem=32GB", "#SBATCH --cpus-per-task=8", "#SBATCH --ntasks-per-node=1"):
+                 "#SBATCH --mem=32GB", "#SBATCH --cpus-per-task=8", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --signal=USR2@120"):  # the time a job gets to save its state and be requeued
         assert line in text, line
     assert "\nmodule load cuda\n" in text
 

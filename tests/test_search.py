@@ -336,3 +336,44 @@ def test_trials_that_cannot_start_count_as_failures(tmp_path, data):
     assert last.startswith("hexsweep: error: 2 of 2 trials failed (> max_failure_rate=0.5); sweep stopped")
     assert "model.dropout=" in last and "is invalid" in last
     assert [t.user_attrs["fail_status"] for t in load(tmp_path).trials] == ["invalid", "invalid"]
+
+
+def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_path, data):
+    """Ctrl-C of a search, then the same command with hydra.sweep.dir=<its folder> resume=true:
+    each interrupted trial continues from its last.pt in its own trial, its reported epochs kept
+    and each epoch reported once; the search still has n_trials trials and they all complete."""
+    import signal
+
+    from sweep_helpers import read_result, wait_for
+
+    args = ["hydra.sweeper.n_trials=2", "optim.lr=tag(log,interval(1e-4,1e-2))", "trainer.epochs=4",
+            "fault.sleep_s_per_epoch=1", "num_threads=1", "hydra.sweeper.pruner.name=median"]
+    cmd = sweep_cmd(tmp_path, data, "hydra/sweeper=hexsweep_optuna", "hydra.sweeper.study_name=s",
+                    "hydra.sweeper.n_jobs=2", *args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def reported_twice() -> bool:
+        try:
+            return sum(len(t.intermediate_values) >= 1 for t in load(tmp_path).trials) == 2
+        except KeyError:  # the study is not created yet
+            return False
+
+    wait_for(reported_twice, timeout=180, poll=0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    before = {t.number: dict(t.intermediate_values) for t in load(tmp_path).trials}
+    assert {t.state for t in load(tmp_path).trials} == {TrialState.RUNNING}  # paused, not failed
+    sweep = sweep_dirs(tmp_path)[0]
+    again = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}", "resume=true"], capture_output=True, text=True,
+                           timeout=400)
+    assert again.returncode == 0, again.stderr
+    assert "continuing 2 paused trial(s)" in again.stdout + again.stderr
+    study = load(tmp_path)
+    assert [t.number for t in study.trials] == [0, 1]
+    for t in study.trials:
+        r = read_result(sweep / str(t.number))
+        assert t.state == TrialState.COMPLETE and r["resumed_from_epoch"] >= 1
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        assert all(t.intermediate_values[e] == v for e, v in before[t.number].items())  # kept as reported
+        assert t.value == r["objective"]["value"]

@@ -7,6 +7,7 @@ with ``optuna.trial.Trial(study, trial_id)``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -15,6 +16,8 @@ import optuna
 
 from hexsweep.search.storage import STORAGE_ENV, open_storage
 from hexsweep.trainer import EpochHook
+
+log = logging.getLogger(__name__)
 
 
 def build_pruner(link: Any, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -32,8 +35,9 @@ def build_pruner(link: Any, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def trial_hook(cfg: Any) -> tuple[EpochHook | None, dict[str, Any] | None]:
-    """(hook, link info for result.json), or (None, None) when the job is not a trial."""
+def trial_hook(cfg: Any, resumed: bool = False) -> tuple[EpochHook | None, dict[str, Any] | None]:
+    """(hook, link info for result.json), or (None, None) when the job is not a trial.
+    ``resumed``: the job continues from its last.pt (its trial's reported epochs are its own)."""
     link = cfg.optuna
     if link.trial_number is None or link.study_name is None:
         return None, None
@@ -45,16 +49,27 @@ def trial_hook(cfg: Any) -> tuple[EpochHook | None, dict[str, Any] | None]:
     study = optuna.load_study(study_name=link.study_name, storage=storage,
                               pruner=build_pruner(link, cfg.trainer.epochs))
     study_id = storage.get_study_id_from_name(link.study_name)
-    trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.trial_number))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, link.trial_number)
+    trial = optuna.trial.Trial(study, trial_id)
     if len(study.directions) > 1:
         return None, info  # Optuna cannot report or prune multi-objective trials
     metric = cfg.objective.metric
+    # a resumed job (resume=true, a requeue) continues its trial: the epochs it reported before it
+    # stopped stay, and are not reported twice (Optuna would warn and ignore them)
+    reported = set(storage.get_trial(trial_id).intermediate_values)
+    if reported and not resumed:  # e.g. retry_on_oom's second run, or a last.pt of another config
+        info["earlier_epochs"] = sorted(reported)
+        log.warning("optuna trial %d already has epochs %s from an earlier run that this one does not continue: "
+                    "Optuna keeps those values (a trial's reports cannot be replaced); this run reports later epochs",
+                    link.trial_number, sorted(reported))
 
     def hook(epoch: int, metrics: dict[str, float], model: Any) -> bool:
         value = metrics.get(metric)
         if value is None or not math.isfinite(value):
             return False
-        trial.report(value, epoch)
+        if epoch not in reported:
+            trial.report(value, epoch)
+            reported.add(epoch)
         return trial.should_prune()
 
     return hook, info

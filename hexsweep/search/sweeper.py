@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from hexsweep.cli import first_line
 from hexsweep.errors import ConfigError, HexsweepError
-from hexsweep.jobfolder import read_result
+from hexsweep.jobfolder import INTERRUPTED, read_result
 from hexsweep.search.space import grid_points, parse_params, to_override
 from hexsweep.search.storage import STORAGE_ENV, cli_hint, default_storage, is_url, open_storage, redact
 from hexsweep.sweep.apps import app_for
@@ -218,16 +218,45 @@ class OptunaSearch:
                               f"but hydra.sweeper.direction is {directions}")
         return storage, study
 
-    def _fail_orphans(self, study: optuna.Study, storage: Any) -> None:
+    def _paused(self, study: optuna.Study, sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+        """The trials an interrupted run of this sweep folder left paused (``_pause``), whose
+        driver is gone: a resume of the same folder continues them, in their own trials."""
+        paused = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            driver, job_dir = t.user_attrs.get("driver") or {}, t.user_attrs.get("job_dir")
+            ours = t.user_attrs.get("paused") and driver.get("sweep_dir") == str(sweep_dir) and job_dir
+            if ours and (Path(job_dir) / "last.pt").exists() and \
+                    driver_alive(str(sweep_dir), driver.get("host")) is False:
+                paused.append(t)
+        return paused
+
+    def _pause(self, trial: optuna.Trial, outcome: Any) -> bool:
+        """At a Ctrl-C of the sweep, a job that stopped with its training state saved keeps its
+        trial RUNNING, its reported epochs in place, instead of failing it: resuming this sweep
+        folder continues it from last.pt in the same trial (a later driver of another folder
+        fails it as orphaned)."""
+        if not (self.app.records_failures and outcome.status == INTERRUPTED and (outcome.job_dir / "last.pt").exists()):
+            return False
+        trial.set_user_attr("paused", True)
+        log.info("trial %d paused: resume this sweep folder (resume=true) to continue it", trial.number)
+        return True
+
+    def _fail_orphans(self, study: optuna.Study, storage: Any, adopted: list[optuna.trial.FrozenTrial] = ()) -> None:
         """Trials whose driver died while they ran become FAIL (and are re-queued with retry_failed).
 
         Orphaned means the trial's driver is dead, not that its job ended: the driver of a
         trial on this host holds its sweep folder's lock (sweep/owner.py) for as long as it
-        lives. A trial of a driver on another host is left to the RDB heartbeat."""
+        lives. A trial of a driver on another host is left to the RDB heartbeat. ``adopted``:
+        paused trials this driver continues (not orphans)."""
+        keep = {t.number for t in adopted}
         if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+            for t in adopted:  # alive again: the stale-trial sweep below must not fail them
+                storage.record_heartbeat(t._trial_id)
             optuna.storages.fail_stale_trials(study)
         study_id = storage.get_study_id_from_name(study.study_name)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in keep:
+                continue
             driver = t.user_attrs.get("driver") or {}
             if driver_alive(driver.get("sweep_dir"), driver.get("host")) is not False:
                 continue  # alive, or unknown (another host): not ours to fail
@@ -370,7 +399,9 @@ class OptunaSearch:
         # hexsweep.train asks for resume=true to add to a study; a plain app continues it, as the official plugin
         storage, study = self._study(storage_spec, self.study_name, self._sampler(space), directions,
                                      bool(cfg.get("resume")) or not self.app.records_failures)
-        self._fail_orphans(study, storage)
+        sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
+        paused = self._paused(study, sweep_dir) if cfg.get("resume") else []
+        self._fail_orphans(study, storage, paused)
         warn_if_shared_journal(storage_spec, self.launcher)
         if self.fixed_keys:
             log.info("fixed on the command line, not searched: %s", ", ".join(self.fixed_keys))
@@ -382,19 +413,21 @@ class OptunaSearch:
         remaining = n_trials - len(study.trials) if cfg.get("resume") else n_trials
         os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config
         redact_storage(cfg)
-        sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
         own(sweep_dir, wait=self.app.waits_for_owner(cfg))  # one driver per sweep folder
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         n_jobs = int(self.p.get("n_jobs") or self.launcher_n_jobs() or self.app.default_n_jobs(cfg, max(remaining, 1)))
         log.info("optuna study %r in %s: %d trials to run (%d in the study), %d at once; %s",
                  self.study_name, redact(storage_spec), max(remaining, 0), len(study.trials), n_jobs,
                  "asynchronous" if getattr(self.launcher, "async_jobs", False) else "in batches")
+        if paused:
+            log.info("continuing %d paused trial(s) from their last.pt: %s", len(paused),
+                     ", ".join(str(t.number) for t in paused))
         max_failure_rate = float(self.p.get("max_failure_rate", 0.5))
         too_many: str | None = None
         interrupted = False
         first_trial = len(study.trials)  # this search's trials are numbered from here (others may interleave)
         if getattr(self.launcher, "async_jobs", False):
-            driver = SweepDriver(self.launcher, n_jobs, max(remaining, 0), sweep_dir)
+            driver = SweepDriver(self.launcher, n_jobs, max(remaining, 0) + len(paused), sweep_dir)
             running: dict[int, tuple[optuna.Trial, Path]] = {}
             started = 0
 
@@ -407,6 +440,12 @@ class OptunaSearch:
             def feed() -> DictConfig | None:
                 nonlocal started
                 nonlocal too_many
+                while paused:  # first the trials an interrupted run of this folder paused
+                    job = self._restart(study, paused.pop(0), space, fixed, directions, sweep_dir)
+                    if job is not None:
+                        job_cfg, trial, job_dir = job
+                        running[trial.number] = (trial, job_dir)
+                        return job_cfg
                 while more():
                     started += 1
                     job = self._start(study, space, fixed, directions, sweep_dir)
@@ -420,6 +459,8 @@ class OptunaSearch:
             def done(outcome: Any) -> None:
                 nonlocal too_many
                 trial, job_dir = running.pop(outcome.num)
+                if driver.stopping and self._pause(trial, outcome):
+                    return
                 self._finish(study, trial, job_dir, outcome.ret)
                 too_many = self._failure_check(study, max_failure_rate)
 
@@ -482,6 +523,22 @@ class OptunaSearch:
         trial.set_user_attr("host", os.uname().nodename)
         trial.set_user_attr("program", self.program())
         return cfg, trial, job_dir
+
+    def _restart(self, study, frozen, space, fixed, directions, sweep_dir):
+        """A paused trial's job again: the same trial (its params, its reported epochs), the same
+        overrides and job folder; with resume=true the job continues from its last.pt."""
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial.set_user_attr("driver", driver_record(sweep_dir))
+        trial.set_user_attr("paused", False)
+        overrides = self._overrides(trial, space, fixed, directions)
+        try:
+            cfg = compose_job(self.hydra_context, self.config, sweep_dir, overrides, trial.number)
+        except Exception as e:  # the config no longer takes it: that trial fails, the sweep goes on
+            trial.set_user_attr("fail_status", "invalid")
+            trial.set_user_attr("fail_reason", first_line(str(e)))
+            _tell(study, trial, state=TrialState.FAIL)
+            return None
+        return cfg, trial, sweep_dir / str(cfg.hydra.sweep.subdir)
 
     def _batched(self, study, space, fixed, directions, remaining, n_jobs, max_failure_rate) -> str | None:
         """Any other Hydra launcher: batches of n_jobs single trials (each batch waits for its slowest)."""
