@@ -35,10 +35,21 @@ def same_training(a: list[dict], b: list[dict]) -> list[str]:
             for k in x if k not in TIMING and x[k] != y.get(k)]
 
 
-def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, tiny_dataset):
-    slow = "fault.sleep_s_per_epoch=1"  # a window to interrupt it in
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert subprocess.run(train_cmd(tmp_path, data_root, whole, slow), capture_output=True, timeout=300).returncode == 0
+SLOW = "fault.sleep_s_per_epoch=1"  # a window to interrupt a run in
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, data_root, tiny_dataset):
+    """The uninterrupted run the interrupted ones must end exactly like."""
+    outputs = tmp_path_factory.mktemp("whole")
+    run = outputs / "run"
+    assert subprocess.run(train_cmd(outputs, data_root, run, SLOW), capture_output=True, timeout=300).returncode == 0
+    return run
+
+
+def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, whole):
+    slow = SLOW
+    cut = tmp_path / "cut"
     proc = subprocess.Popen(train_cmd(tmp_path, data_root, cut, slow), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (cut / "metrics.jsonl").exists(), timeout=120)
@@ -92,17 +103,14 @@ def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny
     assert [m["epoch"] for m in metrics(sweep / "1")] == list(range(1, r["epochs_run"] + 1))
 
 
-def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped(tmp_path, data_root,
-                                                                                  tiny_dataset):
+def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped(tmp_path, data_root, whole):
     """Through Hydra's submitit launcher and submitit's local executor: the signal submitit sends
     before a time limit or preemption (USR2) arrives mid-training; the job saves its state at the
     next step, submitit checkpoints and requeues it, and the requeued job continues from last.pt
     to exactly the end of an uninterrupted run."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    slow = "fault.sleep_s_per_epoch=1"  # a window to send the signal in
-    whole, sweep = tmp_path / "whole", tmp_path / "sweep"
-    assert subprocess.run(train_cmd(tmp_path, data_root, whole, slow), capture_output=True, timeout=300).returncode == 0
-    cmd = [c for c in train_cmd(tmp_path, data_root, whole, slow) if not c.startswith("hydra.run.dir=")]
+    sweep = tmp_path / "sweep"
+    cmd = [c for c in train_cmd(tmp_path, data_root, whole, SLOW) if not c.startswith("hydra.run.dir=")]
     proc = subprocess.Popen([*cmd[:3], "-m", *cmd[3:], "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job = sweep / "0"
