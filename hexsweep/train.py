@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hexsweep import faults, provenance
 from hexsweep.atomic import write_jsonl
-from hexsweep.cli import CONF_DIR, compose, fail
+from hexsweep.cli import CONF_DIR, compose, fail, first_line
 from hexsweep.config import check_name, register_schema, validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
@@ -237,8 +237,7 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
     try:
         return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
-        record = record_failure(job_dir, exc, info)
-        hand_over_preemption(exc)
+        record = hand_over_preemption(exc, job_dir, record_failure(job_dir, exc, info))
         if record["status"] != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
             return record
     if torch.cuda.is_available():
@@ -251,20 +250,27 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
     try:
         return train_job(cfg, job_dir, on_epoch_end, info)
     except (Exception, KeyboardInterrupt) as exc:
-        record = record_failure(job_dir, exc, info)
-        hand_over_preemption(exc)
-        return record
+        return hand_over_preemption(exc, job_dir, record_failure(job_dir, exc, info))
 
 
-def hand_over_preemption(exc: BaseException) -> None:
+def hand_over_preemption(exc: BaseException, job_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     """A job that submitit's preemption (or time-limit) signal stopped, with its training state
     saved and its folder marked interrupted: now submitit's own handler checkpoints the job
-    (Hydra's submitit launcher resubmits it as it is) and requeues it; it exits this process.
-    The requeued job continues from last.pt (``requeued``)."""
+    (Hydra's submitit launcher resubmits it as it is) and requeues it; it exits this process
+    (SystemExit). The requeued job continues from last.pt (``requeued``). When submitit will not
+    requeue it (timed out too many times, a failed ``scontrol requeue``), the job ends failed,
+    saying why, and the sweep goes on."""
     handover = getattr(exc, "handover", None)
-    if isinstance(exc, Stopped) and handover is not None:
-        log.warning("preempted: training state saved in last.pt; submitit requeues this job")
+    if not isinstance(exc, Stopped) or handover is None:
+        return record
+    log.warning("preempted: training state saved in last.pt; submitit requeues this job")
+    try:
         handover()
+    except Exception as e:  # submitit's UncompletedJobError and what its requeue command raises
+        record.update({"status": "failed", "error": {"type": type(e).__name__,
+                                                     "message": f"preempted and not requeued: {first_line(str(e))}"}})
+        JobFolder(job_dir).finish(record)
+    return record
 
 
 def enter_launch_dir(launch_dir: str) -> None:

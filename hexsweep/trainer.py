@@ -218,13 +218,13 @@ class Stopped(KeyboardInterrupt):
         self.handover = handover
 
 
-def preemption_signal() -> signal.Signals | None:
-    """The signal submitit sends a job before a preemption or its time limit (SIGUSR2 unless
-    ``SUBMITIT_PREEMPT_SIGNAL`` names another), for a job that submitit runs; else None.
-    Read from the environment as submitit reads it, so that the library never imports an executor."""
-    if not os.environ.get("SUBMITIT_EXECUTOR"):
-        return None
-    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+PREEMPT_GRACE_S = 20  # at most this long from submitit's signal to the save (submitit_local signals 30 s early)
+
+
+def _submitits(handler: Any) -> bool:
+    """Whether a signal handler is submitit's (a bound method of its SignalHandler), so that the
+    library never imports an executor: a job that submitit runs in this very process."""
+    return type(getattr(handler, "__self__", None)).__module__.split(".")[0] == "submitit"
 
 
 class _StopRequests:
@@ -233,40 +233,63 @@ class _StopRequests:
     handlers come back on exit.
 
     - SIGINT/SIGTERM: the first asks the loop to stop, a second stops at once.
-    - Under submitit, the preemption signal instead. submitit installs a handler for it that
-      checkpoints (Hydra's submitit launcher resubmits the same job) and requeues at once,
-      wherever the job is; it would lose every step since the last save. The loop saves first
-      and then hands over to that handler (``Stopped.handover``). SIGTERM stays submitit's
-      (it ignores it, so that a requeued job is not killed before it has checkpointed)."""
+    - In a job submitit runs (its handler holds the preemption signal, USR2 unless
+      ``SUBMITIT_PREEMPT_SIGNAL`` names another): that signal asks the loop to save and stop, and
+      then to hand over to submitit's handler (``Stopped.handover``), which checkpoints (Hydra's
+      submitit launcher resubmits the same job) and requeues. Left alone, that handler requeues
+      at once, wherever the job is, losing every step since the last save. If no step boundary
+      comes within ``PREEMPT_GRACE_S`` (a long evaluation), submitit's handler runs anyway. A
+      preemption that arrives after the last step is handed over when training returns.
+    - There, SIGTERM only asks for a save at the next step, and training goes on: submitit
+      ignores SIGTERM (a requeue may be under way), while a Slurm preemption without
+      ``preempt_send_user_signal`` is SIGTERM, then SIGKILL after the grace time."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.save_now = False
         self.previous: dict[int, Any] = {}
-        self.preempt = preemption_signal()
+        self.preempt: int | None = None
         self.handover: Callable[[], None] | None = None
 
     def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, self.preempt) if self.preempt else (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+        if sig is not None and _submitits(signal.getsignal(sig)):
+            self.preempt = sig
+        for s in (signal.SIGINT, signal.SIGTERM, self.preempt) if self.preempt else (signal.SIGINT, signal.SIGTERM):
+            self.previous[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        previous = self.previous.get(signum)
-        if signum == self.preempt and callable(previous):
-            if self.requested:  # preempted again before a step boundary: submitit's handler, now
-                previous(signum, frame)
-            self.handover = lambda: previous(signum, None)
+        if self.preempt is not None and signum == signal.SIGTERM:
+            self.save_now = True
+            return
+        if signum == self.preempt:
+            submitit_handler = self.previous[signum]
+            if self.handover is not None:  # preempted again before a step boundary: submitit's handler, now
+                submitit_handler(signum, frame)
+            self.handover = lambda: submitit_handler(signum, None)
+            self.previous.setdefault(signal.SIGALRM, signal.signal(
+                signal.SIGALRM, lambda *_: submitit_handler(signum, None)))
+            signal.alarm(PREEMPT_GRACE_S)
         elif self.requested:
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name} (again)")
         self.requested = signal.Signals(signum).name
 
     def stopped(self, message: str) -> Stopped:
+        if self.handover is not None:
+            signal.alarm(0)  # the state is saved: the job hands over now
         return Stopped(message, self.handover)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self.handover is not None:
+            signal.alarm(0)
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if exc_type is None and self.handover is not None:  # preempted after the last step
+            raise self.stopped(f"stopped by {self.requested} after training's last step: the training state is "
+                               "in last.pt")
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
@@ -452,7 +475,8 @@ def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet
             every = tcfg.checkpoint_every_steps
             if step >= steps_per_epoch:
                 continue  # the epoch's end saves the state (and stops, if asked)
-            if tcfg.checkpoints and (stop.requested or (every and step % every == 0)):
+            if tcfg.checkpoints and (stop.requested or stop.save_now or (every and step % every == 0)):
+                stop.save_now = False
                 save_state(epoch, step, data_epoch_start, {"acc": acc, "seen": seen,
                                                            "elapsed_s": elapsed_before + time.perf_counter() - start})
             if stop.requested:
@@ -492,6 +516,7 @@ def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet
             stale += 1
         if tcfg.checkpoints:
             save_state(epoch + 1, 0, copy.deepcopy(rng.bit_generator.state), None)
+            stop.save_now = False
         if stop.requested:
             raise stop.stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in "
                                "last.pt (resume=true continues from there)")

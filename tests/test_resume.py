@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from sweep_helpers import read_result, running_with_slot, sweep_cmd, sweep_dirs, wait_for
@@ -167,3 +168,113 @@ def test_a_resumed_trial_reports_each_epoch_once_and_keeps_what_it_had(tmp_path,
     assert reloaded.trials[0].intermediate_values == {1: 0.5, 2: 0.7}
     _, info = trial_hook(cfg, resumed=False)
     assert info["earlier_epochs"] == [1, 2]
+
+
+class _FakeSubmititHandler:
+    """Stands in for submitit's SignalHandler (same module name): records the call, then exits
+    as submitit does once it has requeued."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def checkpoint_and_try_requeue(self, signum, frame) -> None:
+        self.calls += 1
+        raise SystemExit(99)
+
+
+_FakeSubmititHandler.__module__ = "submitit.core.job_environment"
+
+
+@pytest.fixture
+def under_submitit(tiny_cfg, tiny_dataset, tmp_path):
+    """In-process training with a submitit-like handler on USR2: (run, handler, saves of last.pt)."""
+    import torch
+
+    from hexsweep import trainer
+    from hexsweep.data.dataset import HexDataset
+    from hexsweep.model import HexNet, NetConfig
+
+    handler = _FakeSubmititHandler()
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGUSR2, handler.checkpoint_and_try_requeue),
+                                                    (signal.SIGTERM, signal.SIG_IGN))}
+    saves = []
+    real_save = trainer.save_checkpoint
+
+    def counting_save(path, *args, **kwargs):
+        saves.append((path.name, (kwargs.get("training") or (args[6] if len(args) > 6 else None) or {}).get("step")))
+        return real_save(path, *args, **kwargs)
+
+    trainer.save_checkpoint = counting_save
+
+    def run(hook, epochs=3):
+        cfg = tiny_cfg(f"trainer.epochs={epochs}", "trainer.max_steps_per_epoch=6")
+        job = tmp_path / "job"
+        job.mkdir(exist_ok=True)
+        model = HexNet(NetConfig.from_config(cfg.model, 5))
+        return trainer.train(cfg, HexDataset(tiny_dataset, "train"), HexDataset(tiny_dataset, "val"), model,
+                             torch.device("cpu"), job, {}, hook)
+
+    yield run, handler, saves
+    trainer.save_checkpoint = real_save
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def test_a_preemption_after_the_last_step_is_not_lost(under_submitit):
+    from hexsweep.trainer import Stopped
+
+    run, handler, _ = under_submitit
+
+    def preempt_in_last_hook(epoch, metrics, model):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return False
+
+    with pytest.raises(Stopped) as stopped:
+        run(preempt_in_last_hook, epochs=2)
+    assert handler.calls == 0 and stopped.value.handover is not None  # saved first, handed over by the job
+    with pytest.raises(SystemExit):
+        stopped.value.handover()
+    assert handler.calls == 1
+
+
+def test_under_submitit_sigterm_saves_at_the_next_step_and_training_goes_on(under_submitit):
+    run, handler, saves = under_submitit
+
+    def term_after_epoch_1(epoch, metrics, model):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    out = run(term_after_epoch_1, epochs=3)
+    assert len(out.history) == 3 and handler.calls == 0
+    last = [step for name, step in saves if name == "last.pt"]
+    assert last == [0, 1, 0, 0]  # epoch ends, plus one save at step 1 of epoch 2
+
+
+def test_no_step_boundary_in_time_hands_over_anyway(under_submitit, monkeypatch):
+    from hexsweep import trainer
+
+    run, handler, _ = under_submitit
+    monkeypatch.setattr(trainer, "PREEMPT_GRACE_S", 1)
+
+    def preempt_then_stall(epoch, metrics, model):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(5)  # a long evaluation: no step boundary within the grace
+        return False
+
+    with pytest.raises(SystemExit):
+        run(preempt_then_stall)
+    assert handler.calls == 1
+
+
+def test_a_job_submitit_will_not_requeue_ends_failed_saying_why(tmp_path):
+    from hexsweep.train import hand_over_preemption
+    from hexsweep.trainer import Stopped
+
+    def refuse():
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    record = hand_over_preemption(Stopped("stopped by SIGUSR2", refuse), tmp_path, {"status": "interrupted"})
+    assert record["status"] == "failed" and "timed-out too many times" in record["error"]["message"]
+    assert read_result(tmp_path)["status"] == "failed"

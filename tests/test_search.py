@@ -303,12 +303,12 @@ def test_a_live_drivers_trials_are_not_orphans_and_telling_twice_is_harmless(tmp
         unwritten = study.ask()  # its job has not written a result yet
         unwritten.set_user_attr("driver", {"host": socket.gethostname(), "pid": holder.pid,
                                            "sweep_dir": str(live_dir)})
-        OptunaSearch({})._fail_orphans(study, storage)
+        OptunaSearch({})._fail_orphans(study, storage, tmp_path / "other")
         assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
     finally:
         holder.kill()
         holder.wait()
-    OptunaSearch({})._fail_orphans(study, storage)  # now its driver is dead
+    OptunaSearch({})._fail_orphans(study, storage, tmp_path / "other")  # now its driver is dead
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
     # the live driver, back from a pause, tells its trial: harmless
     assert OptunaSearch({})._finish(study, live, live_dir / "0") == "already finished"
@@ -365,9 +365,11 @@ def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_pa
     before = {t.number: dict(t.intermediate_values) for t in load(tmp_path).trials}
     assert {t.state for t in load(tmp_path).trials} == {TrialState.RUNNING}  # paused, not failed
     sweep = sweep_dirs(tmp_path)[0]
-    again = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}", "resume=true"], capture_output=True, text=True,
-                           timeout=400)
+    # the search space has grown meanwhile: the paused trials continue with what they started with
+    again = subprocess.run([*cmd, "batch_size=choice(128,256)", f"hydra.sweep.dir={sweep}", "resume=true"],
+                           capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr
+    assert "2 trial(s) paused with their training state (0, 1)" in err
     assert "continuing 2 paused trial(s)" in again.stdout + again.stderr
     study = load(tmp_path)
     assert [t.number for t in study.trials] == [0, 1]

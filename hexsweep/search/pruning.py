@@ -29,9 +29,11 @@ def build_pruner(link: Any, max_epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.PercentilePruner(link.percentile, n_startup_trials=link.n_startup_trials,
                                                n_warmup_steps=link.n_warmup_steps)
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=link.min_resource)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=link.min_resource,
+                                                      reduction_factor=link.reduction_factor)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=link.min_resource, max_resource=max(1, max_epochs))
+        return optuna.pruners.HyperbandPruner(min_resource=link.min_resource, max_resource=max(1, max_epochs),
+                                              reduction_factor=link.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -67,9 +69,10 @@ def trial_hook(cfg: Any, resumed: bool = False) -> tuple[EpochHook | None, dict[
         value = metrics.get(metric)
         if value is None or not math.isfinite(value):
             return False
-        if epoch not in reported:
-            trial.report(value, epoch)
-            reported.add(epoch)
+        if epoch in reported:  # asked before (a resumed job shows its last epoch again): the answer was no
+            return False
+        trial.report(value, epoch)
+        reported.add(epoch)
         return trial.should_prune()
 
     return hook, info

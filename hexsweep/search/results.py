@@ -76,6 +76,10 @@ def study_plots(study: optuna.Study, out: Path) -> list[Path]:
         del plots["optuna_intermediate_values.png"]  # nothing reported per epoch (a plain app, no pruning)
     if not single:
         plots = {"optuna_pareto_front.png": ovm.plot_pareto_front}
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        # no value yet (a search interrupted early, every trial pruned or paused): only the curves
+        # mean something; the other plots would be empty, with one Optuna warning each
+        plots = {k: v for k, v in plots.items() if k == "optuna_intermediate_values.png"}
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental

@@ -77,9 +77,10 @@ class SearchStopped(HexsweepError):
     exit_code = 1
 
 
-def nothing_completed(study: optuna.Study, first_trial: int) -> str | None:
-    """One line when no trial of this search completed: counts by reason and the first reason."""
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number >= first_trial]
+def nothing_completed(study: optuna.Study, first_trial: int, continued: set[int] = frozenset()) -> str | None:
+    """One line when no trial of this search completed: counts by reason and the first reason.
+    ``continued``: earlier trials this search continued (paused ones)."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number >= first_trial or t.number in continued]
     if not mine or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine):
         return None
     failed = [t for t in mine if t.state == TrialState.FAIL]
@@ -218,15 +219,22 @@ class OptunaSearch:
                               f"but hydra.sweeper.direction is {directions}")
         return storage, study
 
+    @staticmethod
+    def _driver_dead(driver: dict[str, Any], sweep_dir: Path) -> bool:
+        """Whether a trial's driver is dead (False when it cannot be told). Called once this
+        process holds ``sweep_dir``: any other driver of that folder has ended."""
+        if driver.get("sweep_dir") == str(sweep_dir) and driver.get("host") == socket.gethostname():
+            return driver.get("pid") != os.getpid()
+        return driver_alive(driver.get("sweep_dir"), driver.get("host")) is False
+
     def _paused(self, study: optuna.Study, sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
         """The trials an interrupted run of this sweep folder left paused (``_pause``), whose
         driver is gone: a resume of the same folder continues them, in their own trials."""
         paused = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             driver, job_dir = t.user_attrs.get("driver") or {}, t.user_attrs.get("job_dir")
-            ours = t.user_attrs.get("paused") and driver.get("sweep_dir") == str(sweep_dir) and job_dir
-            if ours and (Path(job_dir) / "last.pt").exists() and \
-                    driver_alive(str(sweep_dir), driver.get("host")) is False:
+            if t.user_attrs.get("paused") and driver.get("sweep_dir") == str(sweep_dir) and job_dir \
+                    and (Path(job_dir) / "last.pt").exists() and self._driver_dead(driver, sweep_dir):
                 paused.append(t)
         return paused
 
@@ -241,7 +249,8 @@ class OptunaSearch:
         log.info("trial %d paused: resume this sweep folder (resume=true) to continue it", trial.number)
         return True
 
-    def _fail_orphans(self, study: optuna.Study, storage: Any, adopted: list[optuna.trial.FrozenTrial] = ()) -> None:
+    def _fail_orphans(self, study: optuna.Study, storage: Any, sweep_dir: Path,
+                      adopted: list[optuna.trial.FrozenTrial] = ()) -> None:
         """Trials whose driver died while they ran become FAIL (and are re-queued with retry_failed).
 
         Orphaned means the trial's driver is dead, not that its job ended: the driver of a
@@ -257,8 +266,7 @@ class OptunaSearch:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in keep:
                 continue
-            driver = t.user_attrs.get("driver") or {}
-            if driver_alive(driver.get("sweep_dir"), driver.get("host")) is not False:
+            if not self._driver_dead(t.user_attrs.get("driver") or {}, sweep_dir):
                 continue  # alive, or unknown (another host): not ours to fail
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             job_dir = t.user_attrs.get("job_dir")
@@ -281,7 +289,6 @@ class OptunaSearch:
             module, _, fn = str(custom).rpartition(".")
             getattr(importlib.import_module(module), fn)(self.config, trial)
             values.update({k: v for k, v in trial.params.items() if k not in values})
-        pruner = self.p.get("pruner") or {}
         overrides = [*fixed, *(to_override(k, v) for k, v in values.items())]
         keys = {o.partition("=")[0].lstrip("+~") for o in overrides}
         # only for apps that have these keys: a plain app gets its sampled values and nothing else
@@ -291,13 +298,20 @@ class OptunaSearch:
         has_direction = OmegaConf.select(self.config, "objective.direction", default=None) is not None
         if has_direction and len(directions) == 1 and "objective.direction" not in keys:
             overrides.append(f"objective.direction={directions[0]}")
-        if OmegaConf.select(self.config, "optuna.study_name", default="absent") != "absent":  # the job reports epochs
-            overrides += [f"optuna.study_name={self.study_name}", f"optuna.trial_number={trial.number}",
-                          f"optuna.pruner={pruner.get('name', 'none')}"]
-            for key in ("n_startup_trials", "n_warmup_steps", "percentile", "min_resource"):
-                if key in pruner:
-                    overrides.append(f"optuna.{key}={pruner[key]}")
-        return overrides
+        return overrides + self._link(trial)
+
+    def _link(self, trial: optuna.Trial) -> list[str]:
+        """The ``optuna.*`` overrides through which a job reports its epochs to its trial (only
+        for apps that have those keys)."""
+        if OmegaConf.select(self.config, "optuna.study_name", default="absent") == "absent":
+            return []
+        pruner = self.p.get("pruner") or {}
+        link = [f"optuna.study_name={self.study_name}", f"optuna.trial_number={trial.number}",
+                f"optuna.pruner={pruner.get('name', 'none')}"]
+        for key in ("n_startup_trials", "n_warmup_steps", "percentile", "min_resource", "reduction_factor"):
+            if key in pruner:
+                link.append(f"optuna.{key}={pruner[key]}")
+        return link
 
     def _oom_blocked(self, study: optuna.Study, params: dict) -> int | None:
         """The number of an earlier trial that ran out of memory with these params (or a smaller
@@ -400,8 +414,6 @@ class OptunaSearch:
         storage, study = self._study(storage_spec, self.study_name, self._sampler(space), directions,
                                      bool(cfg.get("resume")) or not self.app.records_failures)
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
-        paused = self._paused(study, sweep_dir) if cfg.get("resume") else []
-        self._fail_orphans(study, storage, paused)
         warn_if_shared_journal(storage_spec, self.launcher)
         if self.fixed_keys:
             log.info("fixed on the command line, not searched: %s", ", ".join(self.fixed_keys))
@@ -414,6 +426,11 @@ class OptunaSearch:
         os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config
         redact_storage(cfg)
         own(sweep_dir, wait=self.app.waits_for_owner(cfg))  # one driver per sweep folder
+        # after own(): a driver of this folder that resume=wait waited for has ended (and paused its trials)
+        async_jobs = getattr(self.launcher, "async_jobs", False)
+        paused = self._paused(study, sweep_dir) if cfg.get("resume") and async_jobs else []
+        self._fail_orphans(study, storage, sweep_dir, paused)
+        continued = {t.number for t in paused}
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         n_jobs = int(self.p.get("n_jobs") or self.launcher_n_jobs() or self.app.default_n_jobs(cfg, max(remaining, 1)))
         log.info("optuna study %r in %s: %d trials to run (%d in the study), %d at once; %s",
@@ -441,7 +458,7 @@ class OptunaSearch:
                 nonlocal started
                 nonlocal too_many
                 while paused:  # first the trials an interrupted run of this folder paused
-                    job = self._restart(study, paused.pop(0), space, fixed, directions, sweep_dir)
+                    job = self._restart(study, paused.pop(0), sweep_dir)
                     if job is not None:
                         job_cfg, trial, job_dir = job
                         running[trial.number] = (trial, job_dir)
@@ -465,7 +482,7 @@ class OptunaSearch:
                 too_many = self._failure_check(study, max_failure_rate)
 
             try:
-                with _Heartbeat(storage, running, study):
+                with _Heartbeat(storage, running, study, paused):
                     driver.run(feed, done)
             except SweepInterrupted:
                 interrupted = True
@@ -474,13 +491,19 @@ class OptunaSearch:
         self._report(study, sweep_dir, storage_spec)
         write_optimization_results(study, sweep_dir)
         if interrupted:  # the driver has reported the sweep
-            print(f"[hexsweep] or continue the study in a new folder: resume=true (same study {self.study_name!r})",
-                  file=sys.stderr)
+            held = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("paused")]
+            if held:
+                print(f"[hexsweep] {len(held)} trial(s) paused with their training state "
+                      f"({', '.join(map(str, held))}): the command above continues them in their trials",
+                      file=sys.stderr)
+            print(f"[hexsweep] or continue the study in a new folder: resume=true (same study {self.study_name!r})"
+                  + ("; the paused trials then fail as orphaned" if held else ""), file=sys.stderr)
             raise SweepInterrupted("interrupted")
         if too_many:  # Hydra's post-sweep callback will not run: report here
             self.app.report(sweep_dir, interrupted=True)
             raise SearchStopped(too_many)
-        if (why := nothing_completed(study, first_trial)) is not None:
+        if (why := nothing_completed(study, first_trial, continued)) is not None:
             raise SearchStopped(why)
 
     def program(self) -> str:
@@ -524,18 +547,23 @@ class OptunaSearch:
         trial.set_user_attr("program", self.program())
         return cfg, trial, job_dir
 
-    def _restart(self, study, frozen, space, fixed, directions, sweep_dir):
-        """A paused trial's job again: the same trial (its params, its reported epochs), the same
-        overrides and job folder; with resume=true the job continues from its last.pt."""
+    def _restart(self, study, frozen, sweep_dir):
+        """A paused trial's job again: the same trial (its params, its reported epochs), the
+        overrides it started with (whatever the search space or the command line is now) plus
+        resume=true, in its job folder, so the job continues from its last.pt."""
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr("driver", driver_record(sweep_dir))
-        trial.set_user_attr("paused", False)
-        overrides = self._overrides(trial, space, fixed, directions)
+        started_with = [o for o in frozen.user_attrs.get("overrides") or [] if o.partition("=")[0] != "resume"]
         try:
-            cfg = compose_job(self.hydra_context, self.config, sweep_dir, overrides, trial.number)
+            cfg = compose_job(self.hydra_context, self.config, sweep_dir,
+                              [*started_with, "resume=true", *self._link(trial)], trial.number)
+            trial.set_user_attr("driver", driver_record(sweep_dir))
+            trial.set_user_attr("paused", False)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None  # finished meanwhile (failed as stale by an RDB heartbeat): nothing to continue
         except Exception as e:  # the config no longer takes it: that trial fails, the sweep goes on
+            log.warning("paused trial %d cannot continue: %s", trial.number, first_line(str(e)))
             trial.set_user_attr("fail_status", "invalid")
-            trial.set_user_attr("fail_reason", first_line(str(e)))
+            trial.set_user_attr("fail_reason", f"paused, then could not continue: {first_line(str(e))}")
             _tell(study, trial, state=TrialState.FAIL)
             return None
         return cfg, trial, sweep_dir / str(cfg.hydra.sweep.subdir)
@@ -602,8 +630,9 @@ def grid_exhausted(study: optuna.Study) -> bool:
 class _Heartbeat:
     """Records heartbeats of running trials on storages that support them (RDB)."""
 
-    def __init__(self, storage: Any, running: dict, study: optuna.Study) -> None:
+    def __init__(self, storage: Any, running: dict, study: optuna.Study, waiting: list | None = None) -> None:
         self.storage, self.running, self.study = storage, running, study
+        self.waiting = waiting if waiting is not None else []  # paused trials not restarted yet
         self.enabled = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -622,6 +651,8 @@ class _Heartbeat:
             try:
                 for trial, _ in list(self.running.values()):
                     self.storage.record_heartbeat(trial._trial_id)
+                for frozen in list(self.waiting):
+                    self.storage.record_heartbeat(frozen._trial_id)
                 # trials of another driver that died stop beating: fail them (and re-queue
                 # them if retry_failed is set) so that the study does not wait on them
                 optuna.storages.fail_stale_trials(self.study)
