@@ -209,6 +209,8 @@ class TrialLinkConfig:
     n_warmup_steps: int = ranged(1, ge=0)  # median/percentile: epochs before a trial can be pruned
     percentile: float = ranged(25.0, ge=0, le=100)
     min_resource: int = ranged(1, ge=1)  # successive_halving/hyperband
+    # successive_halving/hyperband: 1/reduction_factor of a rung's trials go on to the next rung
+    reduction_factor: int = ranged(4, ge=2)
 
 
 @dataclass
