@@ -1,6 +1,7 @@
 """GPU check of resume (issue 14), for a machine with an NVIDIA GPU (not run in CI).
 
-    python tests/gpu/check_gpu_resume.py [--tolerance 0.01] [--epochs 4]
+    python tests/gpu/check_gpu_resume.py [--tolerance 0.01] [--epochs 4] [--data small]
+    python tests/gpu/check_gpu_resume.py --device cpu --data tiny   # the script itself, anywhere
 
 On CPU a resumed run ends with exactly the metrics of an uninterrupted one (tests/test_resume.py).
 On a GPU, kernels such as cuDNN's convolution backward are not deterministic, so this script
@@ -33,16 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--data", default="small")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run this on a GPU machine")
     with tempfile.TemporaryDirectory() as tmp:
         def cmd(run: Path, *extra: str) -> list[str]:
-            return [sys.executable, "-m", "hexsweep.train", "data=small", "device=cuda", "strength.games=0",
-                    f"trainer.epochs={args.epochs}", "trainer.progress=off", "fault.sleep_s_per_epoch=2",
-                    f"paths.outputs={tmp}", f"hydra.run.dir={run}", *extra]
+            return [sys.executable, "-m", "hexsweep.train", f"data={args.data}", f"device={args.device}",
+                    "strength.games=0", f"trainer.epochs={args.epochs}", "trainer.progress=off",
+                    "fault.sleep_s_per_epoch=2", f"paths.outputs={tmp}", f"hydra.run.dir={run}", *extra]
 
         whole, cut = Path(tmp) / "whole", Path(tmp) / "cut"
         if (out := subprocess.run(cmd(whole), capture_output=True, text=True)).returncode != 0:
