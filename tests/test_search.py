@@ -379,3 +379,12 @@ def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_pa
         assert sorted(t.intermediate_values) == [1, 2, 3, 4]
         assert all(t.intermediate_values[e] == v for e, v in before[t.number].items())  # kept as reported
         assert t.value == r["objective"]["value"]
+
+
+def test_a_bad_pruner_setting_is_one_line_before_any_trial(tmp_path, data):
+    out = search(tmp_path, data, "hydra.sweeper.pruner.name=hyperband", "hydra.sweeper.pruner.reduction_factor=1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == \
+        "hexsweep: error: hydra.sweeper.pruner.reduction_factor=1 is invalid: allowed an integer >= 2"
+    with pytest.raises(KeyError):
+        load(tmp_path)  # no study was created, no trial asked

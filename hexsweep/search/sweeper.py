@@ -26,6 +26,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -410,10 +411,11 @@ class OptunaSearch:
         outputs = OmegaConf.select(cfg, "paths.outputs", default=None) or "outputs"
         storage_spec = self.p.get("storage") or default_storage(outputs)
         self.study_name = self.p.get("study_name") or "hexsweep"
+        sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
+        self._precheck(sweep_dir, fixed)
         # hexsweep.train asks for resume=true to add to a study; a plain app continues it, as the official plugin
         storage, study = self._study(storage_spec, self.study_name, self._sampler(space), directions,
                                      bool(cfg.get("resume")) or not self.app.records_failures)
-        sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
         warn_if_shared_journal(storage_spec, self.launcher)
         if self.fixed_keys:
             log.info("fixed on the command line, not searched: %s", ", ".join(self.fixed_keys))
@@ -546,6 +548,23 @@ class OptunaSearch:
         trial.set_user_attr("host", os.uname().nodename)
         trial.set_user_attr("program", self.program())
         return cfg, trial, job_dir
+
+    def _precheck(self, sweep_dir: Path, fixed: list[str]) -> None:
+        """The values every trial shares (fixed on the command line, the pruner settings sent to
+        jobs), checked once before the study is touched: a bad one is one line naming it,
+        instead of a search whose every trial fails."""
+        try:
+            self.app.validate(compose_job(self.hydra_context, self.config, sweep_dir,
+                                          [*fixed, *self._link(SimpleNamespace(number=0))], 0))
+        except HexsweepError as e:  # named as the user wrote it: the job's optuna.* keys come from hydra.sweeper
+            message = first_line(str(e))
+            key = message.split("=", 1)[0].split(" ", 1)[0]
+            if key.startswith("optuna."):
+                setting = {"optuna.pruner": "hydra.sweeper.pruner.name",
+                           "optuna.study_name": "hydra.sweeper.study_name"}.get(
+                    key, key.replace("optuna.", "hydra.sweeper.pruner.", 1))
+                message = setting + message[len(key):]
+            raise ConfigError(message) from None
 
     def _restart(self, study, frozen, sweep_dir):
         """A paused trial's job again: the same trial (its params, its reported epochs), the

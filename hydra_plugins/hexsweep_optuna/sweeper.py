@@ -22,6 +22,7 @@ class PrunerConf:
     n_warmup_steps: int = 1
     percentile: float = 25.0
     min_resource: int = 1
+    reduction_factor: int = 4  # successive_halving/hyperband: 1/reduction_factor go on to the next rung
 
 
 @dataclass
