@@ -46,6 +46,7 @@ from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
 from hexsweep.jobfolder import (
     COMPLETED,
+    FAILED,
     FINISHED_OK,
     INTERRUPTED,
     METRICS_FILE,
@@ -211,7 +212,7 @@ def classify_failure(exc: BaseException) -> str:
         return INTERRUPTED
     if isinstance(exc, torch.OutOfMemoryError):
         return OOM
-    return "failed"
+    return FAILED
 
 
 def record_failure(job_dir: Path, exc: BaseException, info: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +268,7 @@ def hand_over_preemption(exc: BaseException, job_dir: Path, record: dict[str, An
     try:
         handover()
     except Exception as e:  # submitit's UncompletedJobError and what its requeue command raises
-        record.update({"status": "failed", "error": {"type": type(e).__name__,
+        record.update({"status": FAILED, "error": {"type": type(e).__name__,
                                                      "message": f"preempted and not requeued: {first_line(str(e))}"}})
         JobFolder(job_dir).finish(record)
     return record

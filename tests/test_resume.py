@@ -185,8 +185,21 @@ class _FakeSubmititHandler:
 _FakeSubmititHandler.__module__ = "submitit.core.job_environment"
 
 
+def signal_at(epoch, sig, then_sleep_s=0.0):
+    """An epoch hook that sends ``sig`` to this process at the end of ``epoch`` (every epoch if
+    None), then sleeps (a long evaluation), and never stops training itself."""
+
+    def hook(e, metrics, model):
+        if epoch is None or e == epoch:
+            os.kill(os.getpid(), sig)
+            time.sleep(then_sleep_s)
+        return False
+
+    return hook
+
+
 @pytest.fixture
-def under_submitit(tiny_cfg, tiny_dataset, tmp_path):
+def under_submitit(tiny_cfg, tiny_dataset, tmp_path, monkeypatch):
     """In-process training with a submitit-like handler on USR2: (run, handler, saves of last.pt)."""
     import torch
 
@@ -204,7 +217,7 @@ def under_submitit(tiny_cfg, tiny_dataset, tmp_path):
         saves.append((path.name, (kwargs.get("training") or (args[6] if len(args) > 6 else None) or {}).get("step")))
         return real_save(path, *args, **kwargs)
 
-    trainer.save_checkpoint = counting_save
+    monkeypatch.setattr(trainer, "save_checkpoint", counting_save)
 
     def run(hook, epochs=3):
         cfg = tiny_cfg(f"trainer.epochs={epochs}", "trainer.max_steps_per_epoch=6")
@@ -215,7 +228,6 @@ def under_submitit(tiny_cfg, tiny_dataset, tmp_path):
                              torch.device("cpu"), job, {}, hook)
 
     yield run, handler, saves
-    trainer.save_checkpoint = real_save
     for s, h in previous.items():
         signal.signal(s, h)
 
@@ -224,14 +236,8 @@ def test_a_preemption_after_the_last_step_is_not_lost(under_submitit):
     from hexsweep.trainer import Stopped
 
     run, handler, _ = under_submitit
-
-    def preempt_in_last_hook(epoch, metrics, model):
-        if epoch == 2:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return False
-
     with pytest.raises(Stopped) as stopped:
-        run(preempt_in_last_hook, epochs=2)
+        run(signal_at(2, signal.SIGUSR2), epochs=2)  # in the last epoch's hook
     assert handler.calls == 0 and stopped.value.handover is not None  # saved first, handed over by the job
     with pytest.raises(SystemExit):
         stopped.value.handover()
@@ -240,13 +246,7 @@ def test_a_preemption_after_the_last_step_is_not_lost(under_submitit):
 
 def test_under_submitit_sigterm_saves_at_the_next_step_and_training_goes_on(under_submitit):
     run, handler, saves = under_submitit
-
-    def term_after_epoch_1(epoch, metrics, model):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return False
-
-    out = run(term_after_epoch_1, epochs=3)
+    out = run(signal_at(1, signal.SIGTERM), epochs=3)
     assert len(out.history) == 3 and handler.calls == 0
     last = [step for name, step in saves if name == "last.pt"]
     assert last == [0, 1, 0, 0]  # epoch ends, plus one save at step 1 of epoch 2
@@ -257,14 +257,8 @@ def test_no_step_boundary_in_time_hands_over_anyway(under_submitit, monkeypatch)
 
     run, handler, _ = under_submitit
     monkeypatch.setattr(trainer, "PREEMPT_GRACE_S", 1)
-
-    def preempt_then_stall(epoch, metrics, model):
-        os.kill(os.getpid(), signal.SIGUSR2)
-        time.sleep(5)  # a long evaluation: no step boundary within the grace
-        return False
-
     with pytest.raises(SystemExit):
-        run(preempt_then_stall)
+        run(signal_at(None, signal.SIGUSR2, then_sleep_s=5))  # no step boundary within the grace
     assert handler.calls == 1
 
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from verdict import verdict  # tests/gpu/verdict.py: the scripts run from their folder
+
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -77,10 +79,7 @@ def main() -> None:
                     problems.append(f"epoch {x['epoch']} {key}: {value:.6g} vs {y[key]:.6g} ({diff:.2%})")
     print(f"resumed after epoch {resumed}; largest relative difference of a validation metric: {worst:.2e} "
           f"(tolerance {args.tolerance:g})")
-    if problems:
-        print("FAIL:\n  " + "\n  ".join(problems))
-        sys.exit(1)
-    print("PASS")
+    verdict(problems)
 
 
 if __name__ == "__main__":

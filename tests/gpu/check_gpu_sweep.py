@@ -21,6 +21,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from verdict import verdict  # tests/gpu/verdict.py: the scripts run from their folder
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,10 +75,7 @@ def main() -> None:
         if summary["by_status"] != {"completed": args.jobs}:
             problems.append(f"statuses {summary['by_status']}")
     print(f"{gpus} GPU(s), slots_per_gpu={args.slots_per_gpu}, {args.jobs} jobs")
-    if problems:
-        print("FAIL:\n  " + "\n  ".join(problems))
-        sys.exit(1)
-    print("PASS")
+    verdict(problems)
 
 
 if __name__ == "__main__":
