@@ -112,6 +112,8 @@ def test_failures_are_trials_not_crashes_and_pruning_prunes(tmp_path, data):
     assert pruned, [t.state for t in load(tmp_path, "p").trials]
     job = json.loads((__import__("pathlib").Path(pruned[0].user_attrs["job_dir"]) / "result.json").read_text())
     assert job["status"] == "pruned" and job["pruned_at_epoch"] == pruned[0].user_attrs["pruned_at_epoch"] < 5
+    # the sweep's last line does not count a pruned trial as completed
+    assert f"4 of 4 jobs ended ({4 - len(pruned)} completed, {len(pruned)} pruned)" in out.stderr, out.stderr
 
 
 def test_too_many_failures_stop_the_sweep_with_a_message(tmp_path, data):

@@ -59,7 +59,9 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
                  f"{summary['objective_metric']}={best['objective']:.4f}" if best else "")
     if summary.get("provenance_warning"):
         print(f"[hexsweep] warning: {summary['provenance_warning']}", file=sys.stderr, flush=True)
-    print(f"[hexsweep] {ok} of {summary['total']} jobs completed{best_text}\n"
+    pruned = summary["by_status"].get("pruned", 0)  # a pruned trial ended as planned, but did not complete
+    how = f"ended ({ok - pruned} completed, {pruned} pruned)" if pruned else "completed"
+    print(f"[hexsweep] {ok} of {summary['total']} jobs {how}{best_text}\n"
           f"[hexsweep] report: {sweep_dir / 'report.md'}", file=sys.stderr, flush=True)
     if (line := failure_line(summary)) and not interrupted:
         print(f"hexsweep: {line}", file=sys.stderr, flush=True)
