@@ -46,6 +46,7 @@ Figures and what they mean: docs/pruning.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import statistics
@@ -107,13 +108,9 @@ def summarise(trials: list[optuna.trial.FrozenTrial]) -> dict:
 
 def within(trials: list[optuna.trial.FrozenTrial], epochs: float) -> list[optuna.trial.FrozenTrial]:
     """The trials in number order up to the last one whose running epoch total stays within ``epochs``."""
-    kept, total = [], 0
-    for t in sorted(trials, key=lambda t: t.number):
-        total += epochs_run(t)
-        if total > epochs:
-            break
-        kept.append(t)
-    return kept
+    ordered = sorted(trials, key=lambda t: t.number)
+    totals = itertools.accumulate(map(epochs_run, ordered))
+    return [t for t, total in zip(ordered, totals, strict=True) if total <= epochs]
 
 
 def run_search(root: str, name: str, args: argparse.Namespace, seed: int, pruner: list[str],
