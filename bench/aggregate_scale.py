@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hexsweep.sweep.aggregate import aggregate
-from hexsweep.sweep.report import write_report
+from hexsweep.report.aggregate import aggregate
+from hexsweep.report.files import write_report
 
 EXPERIMENTS = ["balanced_weights", "balanced_high_weight_decay", "policy_heavy", "policy_intermediate",
                "balanced_no_dropout", "balanced_high_lr"]

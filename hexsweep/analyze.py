@@ -28,9 +28,9 @@ from hexsweep import provenance
 from hexsweep.cli import fail
 from hexsweep.config import flat_config
 from hexsweep.jobfolder import read_result
-from hexsweep.sweep.aggregate import aggregate
-from hexsweep.sweep.callbacks import failure_line
-from hexsweep.sweep.report import add_group, tournament_text, write_report
+from hexsweep.report.aggregate import aggregate
+from hexsweep.report.end import failure_line
+from hexsweep.report.files import add_group, tournament_text, write_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from hexsweep.cli import fail
 from hexsweep.errors import HexsweepError
-from hexsweep.search.results import best_summary, study_plots, trials_frame
+from hexsweep.report.study import best_summary, study_plots, trials_frame
 from hexsweep.search.storage import default_storage, open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,7 +15,7 @@ device, and reports finished games to the progress bar.
 Into ``<sweep>/tournament/``: ``games.trmph`` (one game a line, readable by
 ``python -m hexsweep.data.import_trmph``), ``games.csv`` (who played which line), ``results.csv``
 (per pairing), ``elo.csv`` and ``tournament.json`` (maximum-likelihood Bradley-Terry Elo with
-95% intervals and a first-player-advantage term, the random player at 0; sweep/stats.py) and
+95% intervals and a first-player-advantage term, the random player at 0; report/stats.py) and
 ``elo.png``. The sweep's report then gains a tournament section. A warning says when the games
 are too few to separate the two best jobs, and about how many would.
 """
@@ -42,10 +42,10 @@ from hexsweep.cli import fail
 from hexsweep.devices import usable_cores
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import read_result
+from hexsweep.report.aggregate import OK, aggregate
+from hexsweep.report.files import TOURNAMENT_DIR, add_group, direction_of, plot_elo, tournament_text, write_report
+from hexsweep.report.stats import fit_elo, games_to_separate, round_robin
 from hexsweep.resources.gpus import gpu_count
-from hexsweep.sweep.aggregate import OK, aggregate
-from hexsweep.sweep.report import TOURNAMENT_DIR, add_group, direction_of, plot_elo, tournament_text, write_report
-from hexsweep.sweep.stats import fit_elo, games_to_separate, round_robin
 
 ANCHOR = "random"
 REFERENCE = "shortest_path"

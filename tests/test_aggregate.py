@@ -6,8 +6,8 @@ import sys
 
 import pandas as pd
 
-from hexsweep.sweep.aggregate import aggregate
-from hexsweep.sweep.report import write_report
+from hexsweep.report.aggregate import aggregate
+from hexsweep.report.files import write_report
 from hexsweep.train import train_job_recorded
 
 

@@ -10,9 +10,9 @@ import pytest
 from sweep_helpers import sweep_cmd
 
 from hexsweep.jobfolder import completed_result, read_result, sibling_results
+from hexsweep.report.aggregate import aggregate, load_curves
+from hexsweep.report.files import write_report
 from hexsweep.resources.admission import learned_need
-from hexsweep.sweep.aggregate import aggregate, load_curves
-from hexsweep.sweep.report import write_report
 
 
 def good(root, name, value):
@@ -186,8 +186,8 @@ def test_the_report_warns_when_jobs_ran_on_different_code_or_packages(tmp_path):
     """Two jobs of one sweep with other commits and packages (as after a `git pull` mid-sweep)."""
     import json
 
-    from hexsweep.sweep.aggregate import aggregate
-    from hexsweep.sweep.report import write_report
+    from hexsweep.report.aggregate import aggregate
+    from hexsweep.report.files import write_report
 
     sweep = tmp_path / "sweep"
     for name, commit, dirty, packages in (("0", "a" * 40, False, "1" * 64), ("1", "b" * 40, True, "2" * 64)):

@@ -15,7 +15,7 @@ LAYERS = {
     "hexsweep.train": ENTRY, "hexsweep.analyze": ENTRY, "hexsweep.study": ENTRY, "hexsweep.monitor": ENTRY,
     "hexsweep.probe": ENTRY, "hexsweep.tournament": ENTRY,
     "hydra_plugins.hexsweep_launcher": ENTRY, "hydra_plugins.hexsweep_optuna": ENTRY,
-    "hexsweep.sweep": SWEEP, "hexsweep.search": SWEEP,
+    "hexsweep.sweep": SWEEP, "hexsweep.search": SWEEP, "hexsweep.report": SWEEP,
     "hexsweep.jobfolder": JOB,
     "hexsweep.config": LIBRARY, "hexsweep.data": LIBRARY, "hexsweep.hex": LIBRARY, "hexsweep.model": LIBRARY,
     "hexsweep.trainer": LIBRARY, "hexsweep.evaluate": LIBRARY, "hexsweep.faults": LIBRARY,

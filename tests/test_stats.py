@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hexsweep.sweep.aggregate import aggregate
-from hexsweep.sweep.report import write_report
-from hexsweep.sweep.stats import (
+from hexsweep.report.aggregate import aggregate
+from hexsweep.report.files import write_report
+from hexsweep.report.stats import (
     fit_elo,
     group_stats,
     mean_interval,

@@ -13,7 +13,7 @@ from hexsweep.arena import Match, TournamentError, balanced_openings, play, trmp
 from hexsweep.data.import_trmph import parse_line, replay
 from hexsweep.hex.board import BLACK
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
-from hexsweep.sweep.stats import fit_elo
+from hexsweep.report.stats import fit_elo
 from hexsweep.tournament import separation_warnings
 from hexsweep.train import train_job
 
@@ -119,8 +119,8 @@ def test_tournament_of_tiny_checkpoints(tiny_sweep, tmp_path):
 
 
 def test_the_report_compares_the_calibration_of_the_best_jobs(tiny_sweep):
-    from hexsweep.sweep.aggregate import aggregate
-    from hexsweep.sweep.report import write_report
+    from hexsweep.report.aggregate import aggregate
+    from hexsweep.report.files import write_report
 
     summary = write_report(aggregate([tiny_sweep]), tiny_sweep, [tiny_sweep])
     assert [r["job_num"] for r in summary["detail"]] == [0, 1]

@@ -618,7 +618,7 @@ class OptunaSearch:
         return None
 
     def _report(self, study: optuna.Study, sweep_dir: Path, storage_spec: str) -> None:
-        from hexsweep.search.results import best_summary, study_plots
+        from hexsweep.report.study import best_summary, study_plots
 
         try:
             study_plots(study, sweep_dir)

@@ -67,7 +67,7 @@ class TrainApp(JobApp):
     def report(self, sweep_dir: Path, interrupted: bool) -> None:
         import sys
 
-        from hexsweep.sweep.callbacks import ReportNotWritten, report_sweep
+        from hexsweep.report.end import ReportNotWritten, report_sweep
 
         try:
             report_sweep(sweep_dir, interrupted=interrupted)

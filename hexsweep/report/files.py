@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
-from hexsweep.sweep.aggregate import OK, load_best_rows, load_curves, provenance_warning
-from hexsweep.sweep.stats import CONFIDENCE, MAX_SEEDS, group_stats, more_seeds_command
+from hexsweep.report.aggregate import OK, load_best_rows, load_curves, provenance_warning
+from hexsweep.report.stats import CONFIDENCE, MAX_SEEDS, group_stats, more_seeds_command
 
 TOURNAMENT_DIR = "tournament"  # <sweep folder>/tournament/, written by python -m hexsweep.tournament
 BEST_SHOWN = 4  # jobs compared in the calibration and policy figures
