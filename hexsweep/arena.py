@@ -137,20 +137,20 @@ def init_worker(spec: dict[str, Any], progress: Any) -> None:
 def _setup() -> dict[str, Any]:
     if "players" in _worker:
         return _worker
-    import torch
-    from omegaconf import OmegaConf
-
     from hexsweep.devices import resolve_device
     from hexsweep.evaluate import GreedyNetPlayer
-    from hexsweep.resources.job import make_pool
+    from hexsweep.resources.assign import Want, assign
     from hexsweep.trainer import load_checkpoint
 
     spec = _worker["spec"]
-    pool = make_pool(OmegaConf.create(spec["pool"]), spec["parallel"])
-    slot = pool.acquire(spec["wait_timeout_s"])
-    slot.describe({"experiment": "tournament", "job_dir": spec["out_dir"]})
-    device = resolve_device(slot.device())
-    torch.set_num_threads(slot.threads)
+    pool = spec["pool"]
+    # the worker holds its slot (device, threads, MPS share) for its life; the kernel frees it
+    held = assign(Want(device=str(pool["device"]), lock_dir=pool["resources"]["lock_dir"], parallel=spec["parallel"],
+                       slots_per_gpu=pool["slots_per_gpu"], cpu_slots=pool["resources"]["cpu_slots"],
+                       wait_timeout_s=spec["wait_timeout_s"],
+                       describe={"experiment": "tournament", "job_dir": spec["out_dir"]})).__enter__()
+    slot = held.slot
+    device = resolve_device(held.device)
     players: dict[str, Any] = {}
     for name, (kind, arg) in spec["players"].items():
         if kind == "net":

@@ -288,7 +288,7 @@ class TrainConfig:
     # wait for a driver that still runs this sweep folder instead of refusing
     resume: Any = False
     retry_on_oom: bool = False  # retry a job that ran out of memory once at half the batch size
-    slots_per_gpu: int = ranged(1, gt=0)  # jobs that may share one GPU
+    slots_per_gpu: int | None = ranged(None, gt=0)  # jobs that may share one GPU; None: 1 on CUDA, 2 on MPS
 
 
 def register_schema() -> None:

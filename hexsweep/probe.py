@@ -5,10 +5,12 @@
     python -m hexsweep.probe model=resnet18 data=hex13 probe.parallel=[1,2,3]       # k jobs on one device
 
 For each batch size: ``probe.warmup_steps`` untimed then ``probe.steps`` timed training steps
-of the real model on the real data; samples/s, step time and peak memory (GPU: torch's
-peak allocation; CPU: peak RSS). The first out-of-memory error is caught, freed and
-reported as the limit. For each k in ``probe.parallel``: k training processes at once on
-the same device, each holding a slot of a k-slot pool (hexsweep/resources/slots.py); their
+of the real model on the real data; samples/s, step time and peak memory (CUDA: torch's
+peak allocation; MPS: the most the process held on the GPU, ``driver_allocated_memory``; CPU:
+peak RSS). The first out-of-memory error (CUDA's or MPS's) is caught, freed and reported as the
+limit. For each k in ``probe.parallel``: k training processes at once on the same device, each
+holding a slot of a k-slot pool as a sweep's jobs do (resources/assign.py: on MPS each caps
+its share of the GPU's memory at 1/k); their
 total samples/s and the speedup over k=1. Writes ``probe.csv``, ``probe.json`` (read by
 memory admission), ``probe.png`` and prints the overrides to use.
 """
@@ -35,11 +37,11 @@ from hexsweep.cli import compose_from_argv, run_cli
 from hexsweep.config import validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
-from hexsweep.devices import resolve_device, usable_cores
+from hexsweep.devices import free_cached, is_oom, resolve_device
 from hexsweep.hex.encoding import encode_batch, legal_mask
 from hexsweep.model import HexNet, NetConfig
 from hexsweep.resources.admission import job_signature
-from hexsweep.resources.slots import SlotPool
+from hexsweep.resources.assign import Want, assign
 
 PROBE_LATEST = "probe/latest.json"
 
@@ -83,6 +85,7 @@ def measure(cfg: Any, data: HexDataset, device: torch.device, batch_size: int) -
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_peak = proc.memory_info().rss
+        mps_peak = 0
         for step in range(cfg.probe.warmup_steps + cfg.probe.steps):
             if step == cfg.probe.warmup_steps:
                 _sync(device)
@@ -93,40 +96,38 @@ def measure(cfg: Any, data: HexDataset, device: torch.device, batch_size: int) -
             loss.backward()
             optimizer.step()
             rss_peak = max(rss_peak, proc.memory_info().rss)
+            if device.type == "mps":  # no peak counter on MPS: what the process holds, after each step
+                mps_peak = max(mps_peak, torch.mps.driver_allocated_memory())
         _sync(device)
         elapsed = time.perf_counter() - start
+        peak = {"cuda": lambda: torch.cuda.max_memory_allocated(device), "mps": lambda: mps_peak}.get(
+            device.type, lambda: rss_peak)()
         row.update(samples_per_s=cfg.probe.steps * batch_size / elapsed,
-                   step_ms=1000 * elapsed / cfg.probe.steps,
-                   peak_mem_mb=(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_peak) / 2**20)
-    except torch.OutOfMemoryError as e:
+                   step_ms=1000 * elapsed / cfg.probe.steps, peak_mem_mb=peak / 2**20)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; MPS's is a plain RuntimeError
+        if not is_oom(e):
+            raise
         row.update(status="oom", error=str(e).splitlines()[0][:200])
     finally:
         del model, optimizer, batch
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_cached()
     return row
 
 
-def _parallel_worker(cfg: Any, folder: str, device: str, batch_size: int, pool_args: tuple, queue: Any) -> None:
-    pool = SlotPool(*pool_args)
-    slot = pool.acquire(timeout_s=600)
-    try:
-        torch.set_num_threads(slot.threads)
-        dev = torch.device(f"cuda:{slot.index}" if slot.kind == "gpu" else device)
+def _parallel_worker(cfg: Any, folder: str, want: Want, batch_size: int, queue: Any) -> None:
+    with assign(want) as res:  # its slot, device, threads and (MPS) memory share, as in a sweep
         data = HexDataset(folder, "train")
-        queue.put(measure(cfg, data, dev, batch_size) | {"slot": slot.name})
-    finally:
-        slot.release()
+        queue.put(measure(cfg, data, torch.device(res.device), batch_size) | {"slot": res.slot.name})
 
 
 def packing(cfg: Any, folder: Path, device: torch.device, batch_size: int, k: int) -> dict[str, Any]:
     """k processes at once on one device, each holding one slot of a k-slot pool."""
-    gpus = [device.index or 0] if device.type == "cuda" else []
-    pool_args = (Path(cfg.resources.lock_dir).resolve() / f"probe-{k}", gpus, k, k, usable_cores())
+    want = Want(device=str(device), lock_dir=Path(cfg.resources.lock_dir).resolve() / f"probe-{k}",
+                slots_per_gpu=k, cpu_slots=k, parallel=k, wait_timeout_s=600)
     ctx = multiprocessing.get_context("spawn")  # fresh processes: each makes its own CUDA context
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_parallel_worker, args=(cfg, str(folder), str(device), batch_size, pool_args, queue))
+    procs = [ctx.Process(target=_parallel_worker, args=(cfg, str(folder), want, batch_size, queue))
              for _ in range(k)]
     start = time.perf_counter()
     for p in procs:
@@ -185,14 +186,19 @@ def recommend(batches: pd.DataFrame, packs: pd.DataFrame, device: torch.device) 
         base = good.loc[good["k"] == good["k"].min(), "total_samples_per_s"].iloc[0]
         k = int(good.loc[good["total_samples_per_s"].idxmax(), "k"])
         if good.loc[good["k"] == k, "total_samples_per_s"].iloc[0] > 1.1 * base:
-            text += f" slots_per_gpu={k}" if device.type == "cuda" else f" hydra.launcher.n_jobs={k}"
+            text += f" slots_per_gpu={k}" if device.type in ("cuda", "mps") else f" hydra.launcher.n_jobs={k}"
     return text
 
 
 def run(cfg: Any) -> None:
     check(cfg)
+    # the probe alone on the machine: no slot, all the cores unless num_threads says otherwise
+    with assign(Want(device=str(cfg.device), slots="off", parallel=None, num_threads=cfg.num_threads)):
+        _probe(cfg)
+
+
+def _probe(cfg: Any) -> None:
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.num_threads or usable_cores())
     folder, _ = ensure_dataset(cfg.data, cfg.paths.data, progress=True)
     data = HexDataset(folder, "train", cfg.data.board_size)
     out = Path(cfg.probe.out or Path(cfg.paths.outputs) / "probe" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))

@@ -39,13 +39,12 @@ from hexsweep import arena
 from hexsweep.arena import Match, TournamentError
 from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
 from hexsweep.cli import fail
-from hexsweep.devices import usable_cores
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import OK, aggregate
 from hexsweep.report.files import TOURNAMENT_DIR, add_group, direction_of, plot_elo, tournament_text, write_report
 from hexsweep.report.stats import fit_elo, games_to_separate, round_robin
-from hexsweep.resources.gpus import gpu_count
+from hexsweep.resources.assign import default_parallel
 
 ANCHOR = "random"
 REFERENCE = "shortest_path"
@@ -76,16 +75,13 @@ def pool_spec(sweep: Path, config: dict[str, Any], parallel: int) -> dict[str, A
             and lock_dir.parts[:len(Path(outputs).parts)] == Path(outputs).parts:
         # a relative outputs root means the folder the sweep was started in: the one above multirun/
         lock_dir = sweep.parents[2].joinpath(*lock_dir.parts[len(Path(outputs).parts):])
-    return {"device": config.get("device", "auto"), "slots_per_gpu": int(config.get("slots_per_gpu", 1)),
+    return {"device": config.get("device", "auto"), "slots_per_gpu": config.get("slots_per_gpu"),
             "resources": {"lock_dir": str(lock_dir.resolve()), "cpu_slots": resources.get("cpu_slots")},
             "parallel": parallel}
 
 
 def default_workers(config: dict[str, Any], pairings: int) -> int:
-    device = str(config.get("device", "auto"))
-    gpus = gpu_count() if device == "auto" or device.startswith("cuda") else 0
-    machine = gpus * int(config.get("slots_per_gpu", 1)) if gpus else usable_cores()
-    return max(1, min(machine, pairings))
+    return default_parallel(config.get("device", "auto"), config.get("slots_per_gpu"), pairings)
 
 
 def run_games(spec: dict[str, Any], shares: list[list[Match]], total: int, progress: bool) -> tuple[

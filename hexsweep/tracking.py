@@ -47,6 +47,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hexsweep.atomic import atomic_write_json
+from hexsweep.devices import is_oom
 from hexsweep.errors import HexsweepError
 from hexsweep.heartbeat import beat
 
@@ -159,7 +160,7 @@ class End:
                 else "completed"
         elif isinstance(error, KeyboardInterrupt):
             self.status = "interrupted"
-        elif isinstance(error, torch.OutOfMemoryError):
+        elif is_oom(error):
             self.status = "oom"
         else:
             self.status = "failed"
@@ -534,6 +535,8 @@ class Trackers:
                   "rss_mb": psutil.Process().memory_info().rss / 2**20}
         if loss.is_cuda:
             values["gpu_mem_mb"] = torch.cuda.memory_allocated(loss.device) / 2**20
+        elif loss.device.type == "mps":
+            values["gpu_mem_mb"] = torch.mps.current_allocated_memory() / 2**20
         self._each("log_step", self.step, values)
         self._window = (time.perf_counter(), 0)
 

@@ -40,7 +40,7 @@ from hexsweep.cli import CONF_DIR, compose, fail, first_line
 from hexsweep.config import check_name, register_schema, validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.data.generate import ensure_dataset
-from hexsweep.devices import device_name, resolve_device
+from hexsweep.devices import device_name, free_cached, is_oom, resolve_device
 from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
@@ -129,8 +129,7 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
     with job_resources(cfg, job_dir, in_sweep, parallel_jobs(_launcher_cfg()), describe,
                        lambda: sibling_results(job_dir.parent)) as res, \
             tracked(cfg, job_dir, record, res.slot.name if res.slot else None) as tracker:
-        threads = cfg.num_threads or res.threads
-        torch.set_num_threads(threads)
+        threads = res.threads  # torch's, set by resources/assign.py (num_threads, else this job's share)
         torch.manual_seed(cfg.seed)
         device = resolve_device(res.device)
         record.update({"device": str(device), "num_threads": threads,
@@ -178,7 +177,8 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         strength = strength_report(model, meta["board_size"], cfg.strength.games,
                                    cfg.data.temperature, device, cfg.seed)
         res.sampler.sample()
-        peak_gpu = outcome.peak_gpu_mem_mb
+        # CUDA: torch's peak allocation; MPS: the most the job held, as its sampler saw it
+        peak_gpu = outcome.peak_gpu_mem_mb if outcome.peak_gpu_mem_mb is not None else res.sampler.peak_gpu_mem_mb
         record.update({
             "status": "pruned" if outcome.stopped_by_hook else COMPLETED,
             "strength": strength,
@@ -210,7 +210,7 @@ def _redact_storage(record: dict[str, Any]) -> None:
 def classify_failure(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
-    if isinstance(exc, torch.OutOfMemoryError):
+    if is_oom(exc):  # CUDA's OutOfMemoryError, and MPS's RuntimeError
         return OOM
     return FAILED
 
@@ -241,8 +241,7 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
         record = hand_over_preemption(exc, job_dir, record_failure(job_dir, exc, info))
         if record["status"] != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
             return record
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_cached()
     failed_size = cfg.batch_size
     with open_dict(cfg):
         cfg.batch_size = failed_size // 2

@@ -14,6 +14,7 @@ import pytest
 
 from hexsweep.jobfolder import sibling_results
 from hexsweep.resources import admission, gpus
+from hexsweep.resources import assign
 from hexsweep.resources import job as jobres
 from hexsweep.resources.cluster import Assignment, jobs_per_node
 from hexsweep.resources.gpus import GpuStatus
@@ -86,7 +87,7 @@ def two_gpus(monkeypatch):
     status = {0: GpuStatus(0, "Fake H100", 80_000, 1_000, 79_000, 5.0),
               1: GpuStatus(1, "Fake H100", 80_000, 78_000, 2_000, 99.0)}
     monkeypatch.setattr(gpus, "gpu_count", lambda: 2)
-    monkeypatch.setattr(jobres, "gpu_count", lambda: 2)
+    monkeypatch.setattr(assign, "gpu_count", lambda: 2)
     monkeypatch.setattr(admission, "gpu_status", lambda i: status.get(i))
     return status
 
@@ -118,7 +119,7 @@ def test_gpu_slots_are_named_by_the_gpu_itself(monkeypatch, tmp_path):
                            nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetUUID=lambda h: uuids[h])
     monkeypatch.setattr(gpus, "_init", lambda: True)
     monkeypatch.setattr(gpus, "pynvml", fake)
-    monkeypatch.setattr(jobres, "gpu_count", lambda: 1)
+    monkeypatch.setattr(assign, "gpu_count", lambda: 1)
     cfg = _cfg(slots_per_gpu=1, resources=SimpleNamespace(lock_dir=str(tmp_path), cpu_slots=None))
     held = []
     for visible in ("3", "GPU-5a5b"):  # an index, and a UUID prefix as CUDA accepts
@@ -169,7 +170,6 @@ def test_memory_need_is_learned_from_finished_jobs(tmp_path):
 def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
     from hexsweep.sweep import train_app
 
-    monkeypatch.setattr(train_app, "gpu_count", lambda: 2)
     app = train_app.TRAIN_APP
     cfg = SimpleNamespace(device="auto", slots_per_gpu=3)
     assert app.default_n_jobs(cfg, 100) == 6
@@ -181,12 +181,12 @@ def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
 def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_path):
     """submitit's cpus_per_task sets the node's pool; a Slurm job (its cores are its own) takes
     no CPU slot, unless the hexsweep launcher forked it inside an allocation."""
-    for key in (jobres.PARALLEL_ENV, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SUBMITIT_EXECUTOR"):
+    for key in (assign.PARALLEL_ENV, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SUBMITIT_EXECUTOR"):
         monkeypatch.delenv(key, raising=False)  # the test may itself run inside a Slurm job
-    monkeypatch.setattr(jobres, "usable_cores", lambda: 8)
+    monkeypatch.setattr(assign, "usable_cores", lambda: 8)
     assert jobres.parallel_jobs(SimpleNamespace(cpus_per_task=2)) == 4
     assert jobres.parallel_jobs(SimpleNamespace(n_jobs=3)) == 3
-    monkeypatch.setattr(jobres, "gpu_count", lambda: 0)
+    monkeypatch.setattr(assign, "gpu_count", lambda: 0)
     cfg = _cfg(device="cpu", resources=SimpleNamespace(slots="auto", lock_dir=str(tmp_path), cpu_slots=None,
                                                        wait_timeout_s=1, sample_interval_s=60))
     monkeypatch.setattr(jobres.admission, "job_signature", lambda cfg: {})
@@ -205,7 +205,7 @@ def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_pat
     assert held(4) == (None, 2)  # Slurm's job: no slot; its cores (8 here) shared as for 4 jobs
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert held(4) == (None, 3)
-    monkeypatch.setenv(jobres.PARALLEL_ENV, "4")  # forked by the hexsweep launcher in an allocation
+    monkeypatch.setenv(assign.PARALLEL_ENV, "4")  # forked by the hexsweep launcher in an allocation
     assert held(4) == ("cpu-0", 2)
 
 

@@ -9,16 +9,20 @@ from pathlib import Path
 import psutil
 
 from hexsweep.atomic import append_jsonl
+from hexsweep.resources import mps
 from hexsweep.resources.gpus import gpu_status
 
 
 class ResourceSampler:
-    """A daemon thread: process RSS, CPU %, and (on a GPU slot) the GPU's memory and utilisation."""
+    """A daemon thread: process RSS, CPU %, and on a CUDA slot the GPU's memory and utilisation
+    (NVML: the whole GPU, all processes), on MPS what this job holds on the GPU (torch.mps:
+    ``driver_allocated_memory``, and its live tensors; Metal gives no utilisation figure)."""
 
-    def __init__(self, path: Path, interval_s: float, gpu_index: int | None) -> None:
-        self.path, self.interval_s, self.gpu_index = path, interval_s, gpu_index
+    def __init__(self, path: Path, interval_s: float, gpu_index: int | None, on_mps: bool = False) -> None:
+        self.path, self.interval_s, self.gpu_index, self.on_mps = path, interval_s, gpu_index, on_mps
         self.peak_rss_mb = 0.0
-        self.peak_gpu_used_mb: float | None = None
+        self.peak_gpu_used_mb: float | None = None  # CUDA: the GPU's memory in use, by anyone
+        self.peak_gpu_mem_mb: float | None = None  # MPS: this job's own GPU memory
         self.samples = 0
         self._proc = psutil.Process()
         self._stop = threading.Event()
@@ -41,6 +45,9 @@ class ResourceSampler:
         if self.gpu_index is not None and (gpu := gpu_status(self.gpu_index)) is not None:
             row.update(gpu_mem_used_mb=gpu.memory_used_mb, gpu_util_pct=gpu.utilization_pct)
             self.peak_gpu_used_mb = max(self.peak_gpu_used_mb or 0.0, gpu.memory_used_mb)
+        if self.on_mps and (m := mps.status()) is not None:
+            row.update(mps_allocated_mb=m.driver_allocated_mb, mps_tensors_mb=m.tensors_mb)
+            self.peak_gpu_mem_mb = max(self.peak_gpu_mem_mb or 0.0, m.driver_allocated_mb)
         append_jsonl(self.path, row)
         self.samples += 1
         return row

@@ -11,6 +11,8 @@ side share the GPUs instead of both starting on GPU 0.
   process and cannot move a job to another GPU). Where NVML gives the GPU's UUID, the lock is
   ``gpu-<uuid prefix>-<k>.lock`` instead: Ray and Slurm hide all but the assigned GPU from a
   job, so two jobs both see their GPU as ``cuda:0`` while holding different GPUs.
+- MPS slots (Apple's GPU, one per machine): ``mps-<k>.lock`` for k < slots_per_gpu; the job
+  trains on ``mps`` and caps its share of the GPU's memory (resources/assign.py).
 - CPU slots (no GPU, or device=cpu): ``cpu-<k>.lock`` for k < the pool size (the sweep's
   number of parallel jobs); each job sets ``torch.set_num_threads(cores // pool size)``
   so the parallel jobs together use the cores without oversubscription.
@@ -47,8 +49,8 @@ class SlotTimeout(HexsweepError):
 
 @dataclass
 class Slot:
-    kind: str  # "gpu" or "cpu"
-    index: int  # GPU index for gpu slots, k for cpu slots
+    kind: str  # "gpu" (CUDA), "mps" or "cpu"
+    index: int  # CUDA index for gpu slots, 0 for mps and cpu slots
     share: int  # k-th share of that GPU / of the CPU pool
     threads: int
     path: Path
@@ -59,7 +61,7 @@ class Slot:
         return self.path.stem
 
     def device(self) -> str:
-        return f"cuda:{self.index}" if self.kind == "gpu" else "cpu"
+        return {"gpu": f"cuda:{self.index}", "mps": "mps"}.get(self.kind, "cpu")
 
     def describe(self, info: dict[str, Any]) -> None:
         """Record the holder in the lock file (only the holder writes it)."""
@@ -85,15 +87,16 @@ class SlotPool:
     cpu_slots: int
     cores: int
     gpu_keys: dict[int, str] = field(default_factory=dict)  # CUDA index -> UUID prefix, for names
+    kind: str = "gpu"  # what ``gpus`` are: "gpu" (CUDA indices) or "mps" ([0]: the one Apple GPU)
 
     def slot_name(self, kind: str, index: int, share: int) -> str:
-        if kind == "cpu":
-            return f"cpu-{share}"
+        if kind in ("cpu", "mps"):
+            return f"{kind}-{share}"
         return f"gpu-{self.gpu_keys[index]}-{share}" if index in self.gpu_keys else f"gpu{index}-{share}"
 
     def candidates(self) -> list[tuple[str, int, int]]:
         if self.gpus:
-            return [("gpu", g, k) for k in range(self.slots_per_gpu) for g in self.gpus]
+            return [(self.kind, g, k) for k in range(self.slots_per_gpu) for g in self.gpus]
         return [("cpu", 0, k) for k in range(self.cpu_slots)]
 
     @property

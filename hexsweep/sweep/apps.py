@@ -9,7 +9,6 @@ for its task function with ``@job_app(...)`` under ``@hydra.main``. Every other 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.devices import usable_cores
-from hexsweep.resources.cluster import PARALLEL_ENV
+from hexsweep.resources.assign import cpu_share, job_env  # noqa: F401  (the runner's imports; decided there)
 
 
 class JobApp:
@@ -101,18 +100,3 @@ def app_for(task_function: Any) -> JobApp:
     app = getattr(task_function, "__hexsweep_app__", None) or _APPS.get(id(task_function))
     return app if isinstance(app, JobApp) else PLAIN
 
-
-def cpu_share(n_jobs: int) -> int:
-    """Threads per job when ``n_jobs`` CPU jobs share this machine's cores."""
-    return max(1, usable_cores() // max(1, n_jobs))
-
-
-def job_env(n_jobs: int) -> dict[str, str]:
-    """Environment every job of the sweep gets: the driver's, plus its CPU share, for any app.
-    (Given to each job, never set in the driver's own environment, which may run other sweeps.)"""
-    env = dict(os.environ)
-    env[PARALLEL_ENV] = str(n_jobs)  # how many jobs share this machine (resources/job.py)
-    share = str(cpu_share(n_jobs))
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env.setdefault(key, share)
-    return env

@@ -169,7 +169,7 @@ class SweepDriver:
         """Where and how a plain app's job takes its slot: hexsweep's slot pool, by default the
         one hexsweep.train's jobs use when run from the same directory (outputs/.locks/<host>)."""
         lock_dir = self.params.get("slots_dir") or str(Path.cwd() / "outputs" / ".locks" / host())
-        return {"lock_dir": lock_dir, "slots_per_gpu": int(self.params.get("slots_per_gpu") or 1),
+        return {"lock_dir": lock_dir, "slots_per_gpu": self.params.get("slots_per_gpu"),
                 "cpu_slots": self.n_jobs}
 
     def _watch(self, job: _Running, now: float) -> None:

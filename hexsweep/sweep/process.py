@@ -160,32 +160,20 @@ def _let_the_server_die_with_the_driver() -> None:
         server._forkserver_alive_fd = None
 
 
-def _take_slot(spec: dict[str, Any], cfg: Any) -> Any:
-    """Wait for a slot of hexsweep's pool (a GPU share, else a share of the cores) and pin the job
-    to it: a GPU slot becomes the job's only visible GPU, before the app can touch CUDA."""
-    import logging
+def _take_resources(spec: dict[str, Any] | None, cfg: Any, threads: int | None) -> None:
+    """What the runner takes for a job that does not take its own (a plain app's), decided by
+    resources/assign.py: a slot of hexsweep's pool (a GPU share, else a share of the cores), its
+    threads, its device; a CUDA slot's GPU becomes the job's only visible GPU, before the app can
+    touch CUDA. Held for the job's whole life: the kernel releases the slot when the process ends."""
     from pathlib import Path
 
-    from hexsweep.devices import usable_cores
-    from hexsweep.resources.gpus import gpu_count, slot_keys
-    from hexsweep.resources.slots import SlotPool, describe_holder, read_holders
+    from hexsweep.resources.assign import Want, assign
 
-    gpus = list(range(gpu_count()))
-    pool = SlotPool(Path(spec["lock_dir"]), gpus, spec["slots_per_gpu"], spec["cpu_slots"], usable_cores(),
-                    slot_keys() if gpus else {})
-
-    def notice(waited_s: float) -> None:
-        holders = "; ".join(describe_holder(h) for h in read_holders(pool.lock_dir)) or "no holder found"
-        logging.getLogger("hexsweep.runner").warning("job %s waits %.0f s for a free slot: %s",
-                                                     cfg.hydra.job.num, waited_s, holders)
-
-    slot = pool.acquire(None, on_wait=notice)
     job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-    slot.describe({"overrides": list(cfg.hydra.overrides.task), "job_dir": str(job_dir)})
-    if slot.kind == "gpu":
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[slot.index] if slot.index < len(visible) else str(slot.index)
-    return slot
+    spec = spec or {}
+    assign(Want(lock_dir=spec.get("lock_dir"), slots_per_gpu=spec.get("slots_per_gpu"), cpu_slots=spec.get("cpu_slots"),
+                parallel=None, num_threads=threads, pin_visible=True,
+                describe={"overrides": list(cfg.hydra.overrides.task), "job_dir": str(job_dir)})).__enter__()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -266,12 +254,8 @@ def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
     with contextlib.suppress(OSError):
         os.chdir(p["cwd"])
     heartbeat.attach(beat)
-    threads = p["threads"]
-    if p.get("slots"):  # a plain app's job: the runner holds a slot for it, for its whole life
-        slot = _take_slot(p["slots"], p["config"])
-        threads = slot.threads
-    if threads and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    if p.get("slots") or p["threads"]:  # else the job takes its own (hexsweep.train's: resources/job.py)
+        _take_resources(p.get("slots"), p["config"], None if p.get("slots") else p["threads"])
     setup_globals()
     Singleton.set_state(p["singleton_state"])
     HydraConfig.instance().set_config(p["config"])

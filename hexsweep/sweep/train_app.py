@@ -13,9 +13,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hexsweep.config import validate
-from hexsweep.devices import usable_cores
 from hexsweep.jobfolder import FINISHED_OK, completed_result, read_result, record_death
-from hexsweep.resources.gpus import gpu_count
+from hexsweep.resources.assign import default_parallel
 from hexsweep.sweep.apps import JobApp
 
 
@@ -30,11 +29,8 @@ class TrainApp(JobApp):
         validate(cfg)
 
     def default_n_jobs(self, cfg: DictConfig, num_jobs: int) -> int:
-        """GPU slots if there are GPUs (and the job may use them), else the CPU cores."""
-        device = str(cfg.device)
-        gpus = gpu_count() if device == "auto" or device.startswith("cuda") else 0
-        machine = gpus * int(cfg.slots_per_gpu) if gpus else usable_cores()
-        return max(1, min(machine, num_jobs))
+        """GPU slots (CUDA or MPS) if the job may use a GPU, else the CPU cores (resources/assign.py)."""
+        return default_parallel(cfg.device, cfg.slots_per_gpu, num_jobs)
 
     def waits_for_owner(self, cfg: DictConfig) -> bool:
         return cfg.get("resume") == "wait"

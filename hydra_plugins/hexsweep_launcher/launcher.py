@@ -30,9 +30,9 @@ class HexsweepLauncherConf:
     # seconds an interrupted job (Ctrl-C, SIGTERM, timeout) has to stop before it gets SIGKILL
     kill_grace_s: float = 30.0
     # a plain Hydra app's jobs each hold a slot of this pool (null: outputs/.locks/<host> under the
-    # launch directory, hexsweep.train's default); GPU slots per GPU
+    # launch directory, hexsweep.train's default); jobs per GPU (null: 1 on CUDA, 2 on MPS)
     slots_dir: str | None = None
-    slots_per_gpu: int = 1
+    slots_per_gpu: int | None = None
     # a plain app: skip the jobs sweep.json records as completed in this sweep folder
     # (hexsweep.train has its own resume=true)
     resume: bool = False
@@ -95,9 +95,9 @@ def check_params(params: dict) -> None:
     v = params.get("kill_grace_s")
     if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
         fail(f"hydra.launcher.kill_grace_s={v} is invalid: allowed a number of seconds >= 0")
-    v = params.get("slots_per_gpu", 1)
-    if not (isinstance(v, int) and v > 0):
-        fail(f"hydra.launcher.slots_per_gpu={v} is invalid: allowed an integer > 0")
+    v = params.get("slots_per_gpu")
+    if v is not None and not (isinstance(v, int) and v > 0):
+        fail(f"hydra.launcher.slots_per_gpu={v} is invalid: allowed an integer > 0, or null (the device's default)")
     v = params.get("n_jobs")
     if v is not None and not (isinstance(v, int) and v > 0):
         fail(f"hydra.launcher.n_jobs={v} is invalid: allowed an integer > 0, or null (what the machine holds)")
