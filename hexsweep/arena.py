@@ -139,16 +139,16 @@ def _setup() -> dict[str, Any]:
         return _worker
     from hexsweep.devices import resolve_device
     from hexsweep.evaluate import GreedyNetPlayer
-    from hexsweep.resources.assign import Want, assign
+    from hexsweep.resources.assign import Want, hold
     from hexsweep.trainer import load_checkpoint
 
     spec = _worker["spec"]
     pool = spec["pool"]
     # the worker holds its slot (device, threads, MPS share) for its life; the kernel frees it
-    held = assign(Want(device=str(pool["device"]), lock_dir=pool["resources"]["lock_dir"], parallel=spec["parallel"],
-                       slots_per_gpu=pool["slots_per_gpu"], cpu_slots=pool["resources"]["cpu_slots"],
-                       wait_timeout_s=spec["wait_timeout_s"],
-                       describe={"experiment": "tournament", "job_dir": spec["out_dir"]})).__enter__()
+    held = hold(Want(device=str(pool["device"]), lock_dir=pool["resources"]["lock_dir"], parallel=spec["parallel"],
+                     slots_per_gpu=pool["slots_per_gpu"], cpu_slots=pool["resources"]["cpu_slots"],
+                     wait_timeout_s=spec["wait_timeout_s"],
+                     describe={"experiment": "tournament", "job_dir": spec["out_dir"]}))
     slot = held.slot
     device = resolve_device(held.device)
     players: dict[str, Any] = {}

@@ -234,3 +234,15 @@ def assign(want: Want) -> Iterator[Assigned]:
     finally:
         if slot is not None:
             slot.release()
+
+
+_held: list[contextlib.AbstractContextManager] = []  # a generator's context ends when it is collected
+
+
+def hold(want: Want) -> Assigned:
+    """``assign`` for the rest of this process's life (a job or worker process that ends with its
+    work): the kernel frees the slot when the process ends, however it ends."""
+    context = assign(want)
+    assigned = context.__enter__()
+    _held.append(context)
+    return assigned

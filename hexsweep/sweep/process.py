@@ -167,13 +167,13 @@ def _take_resources(spec: dict[str, Any] | None, cfg: Any, threads: int | None) 
     touch CUDA. Held for the job's whole life: the kernel releases the slot when the process ends."""
     from pathlib import Path
 
-    from hexsweep.resources.assign import Want, assign
+    from hexsweep.resources.assign import Want, hold
 
     job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
     spec = spec or {}
-    assign(Want(lock_dir=spec.get("lock_dir"), slots_per_gpu=spec.get("slots_per_gpu"), cpu_slots=spec.get("cpu_slots"),
-                parallel=None, num_threads=threads, pin_visible=True,
-                describe={"overrides": list(cfg.hydra.overrides.task), "job_dir": str(job_dir)})).__enter__()
+    hold(Want(lock_dir=spec.get("lock_dir"), slots_per_gpu=spec.get("slots_per_gpu"), cpu_slots=spec.get("cpu_slots"),
+              parallel=None, num_threads=threads, pin_visible=True,
+              describe={"overrides": list(cfg.hydra.overrides.task), "job_dir": str(job_dir)}))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
