@@ -179,3 +179,17 @@ def test_monitor_shows_the_mps_gpu_and_each_jobs_share(fake_mps, tmp_path):
         slot.release()
     assert "GPU mps " in out and "at most 20000 MiB per process (Metal), 64000 MiB RAM available" in out
     assert "slot mps-0: pid" in out and "policy_heavy" in out and ", MPS 2048 MiB" in out
+
+
+def test_a_sweeps_job_on_mps_records_its_gpu_peak_in_the_table(fake_mps, tiny_cfg, tmp_path, monkeypatch):
+    """train_job in a sweep: the MPS slot, its share, and peak_gpu_mem_mb from the sampler (torch
+    has no peak counter on MPS). The training itself runs on the CPU: there is no MPS GPU here."""
+    from hexsweep import train
+    from hexsweep.sweep.aggregate import aggregate
+
+    monkeypatch.setattr(train, "resolve_device", lambda spec: torch.device("cpu"))
+    fake_mps.driver_mb = 777.0
+    record = train.train_job(tiny_cfg("trainer.epochs=1"), tmp_path / "sweep" / "0", info={"multirun": True})
+    assert (record["slot"], record["status"], fake_mps.fractions) == ("mps-0", "completed", [0.5])
+    assert record["peak_gpu_mem_mb"] == 777.0
+    assert aggregate([tmp_path / "sweep"]).iloc[0]["peak_gpu_mem_mb"] == 777.0
