@@ -185,7 +185,7 @@ def test_a_sweeps_job_on_mps_records_its_gpu_peak_in_the_table(fake_mps, tiny_cf
     """train_job in a sweep: the MPS slot, its share, and peak_gpu_mem_mb from the sampler (torch
     has no peak counter on MPS). The training itself runs on the CPU: there is no MPS GPU here."""
     from hexsweep import train
-    from hexsweep.sweep.aggregate import aggregate
+    from hexsweep.report.aggregate import aggregate
 
     monkeypatch.setattr(train, "resolve_device", lambda spec: torch.device("cpu"))
     fake_mps.driver_mb = 777.0

@@ -13,8 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from hexsweep.jobfolder import sibling_results
-from hexsweep.resources import admission, gpus
-from hexsweep.resources import assign
+from hexsweep.resources import admission, assign, gpus
 from hexsweep.resources import job as jobres
 from hexsweep.resources.cluster import Assignment, jobs_per_node
 from hexsweep.resources.gpus import GpuStatus
