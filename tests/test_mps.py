@@ -73,6 +73,9 @@ def test_mps_slots_and_default_n_jobs(fake_mps, tmp_path, monkeypatch):
     assert pool.try_acquire() is None  # a third job waits
     for s in held:
         s.release()
+    plain = assign.Want(lock_dir=tmp_path, parallel=None, cpu_slots=6, pin_visible=True)  # a plain app's job
+    with assign.assign(plain) as res:
+        assert (res.slot.name, res.device, fake_mps.fractions) == ("mps-0", "mps", [0.5])
 
 
 def _cfg(tmp_path, **kw):

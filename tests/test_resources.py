@@ -241,3 +241,15 @@ def test_a_slot_wait_names_the_holder_and_flags_a_stopped_one(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert holder_state(sleeper.pid) == "gone"
+
+
+def test_a_plain_apps_job_sees_only_its_slots_gpu(two_gpus, tmp_path, monkeypatch):
+    """The runner's job process for a plain app (it picks its own cuda device): the slot's GPU
+    becomes its only visible one, before the app can touch CUDA."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # what a scheduler gave the sweep
+    want = assign.Want(lock_dir=tmp_path, parallel=None, cpu_slots=4, pin_visible=True)
+    with assign.assign(want) as first:
+        assert (first.slot.name, os.environ["CUDA_VISIBLE_DEVICES"]) == ("gpu0-0", "4")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # the next job's own process, with the sweep's env
+        with assign.assign(want) as second:
+            assert (second.slot.name, os.environ["CUDA_VISIBLE_DEVICES"]) == ("gpu1-0", "5")

@@ -220,8 +220,8 @@ def assign(want: Want) -> Iterator[Assigned]:
         gpu_index = slot.index if kind == "gpu" else None
         device_type = {"gpu": "cuda", "mps": "mps"}.get(kind, "cpu")
         need = want.need(device_type) if want.need is not None else None
-        waited = admission.wait_for_memory(need, gpu_index, want.wait_timeout_s or float("inf"),
-                                           mps_fraction=fraction)
+        timeout_s = float("inf") if want.wait_timeout_s is None else want.wait_timeout_s
+        waited = admission.wait_for_memory(need, gpu_index, timeout_s, mps_fraction=fraction)
         assigned = Assigned(slot, device, threads, waited, None, acquired_at, fraction)
         if want.sample_to is None:
             yield assigned
