@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 BASE = ["debug=tiny", "trainer.progress=off", "strength.games=2", "hydra.launcher.progress=off"]
 
@@ -17,8 +21,43 @@ def sweep_cmd(outputs: Path, data: Path, *overrides: str) -> list[str]:
 
 
 def run_sweep(outputs: Path, data: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_cmd(outputs, data, *overrides), capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = sweep_cmd(outputs, data, *overrides)
+    with launched(cmd) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_tree(proc: subprocess.Popen, *also: psutil.Process) -> None:
+    """SIGKILL ``proc``, every process it started and the processes ``also``: a failed test leaves
+    none running. SIGKILL, since a job the test SIGSTOPped ignores the SIGTERM its parent's death
+    sends. The tree is read before anything dies (a dead job server's children leave it).
+    psutil.Process objects, taken while their process ran, never signal a reused pid."""
+    victims: list[psutil.Process] = []
+    for p in (proc.watched, *also) if hasattr(proc, "watched") else also:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running():
+                victims += [p, *p.children(recursive=True)]
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(victims, timeout=30)
+    with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
+        proc.communicate(timeout=30)  # reap it, close its pipes
+
+
+@contextlib.contextmanager
+def launched(cmd: list[str], **popen: object) -> Iterator[subprocess.Popen]:
+    """``subprocess.Popen(cmd)`` with text pipes; when the block ends, however it ends, the command
+    and everything it started are killed (``kill_tree``). A test that stops a job adds it with
+    ``proc.also.append(psutil.Process(pid))``."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    proc = subprocess.Popen(cmd, **popen)  # type: ignore[call-overload]
+    proc.watched = psutil.Process(proc.pid)  # type: ignore[attr-defined]
+    proc.also = []  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        kill_tree(proc, *proc.also)  # type: ignore[attr-defined]
 
 
 def sweep_dirs(outputs: Path) -> list[Path]:

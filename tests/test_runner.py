@@ -7,6 +7,7 @@ driver interrupted once and twice, and the SQLite search that once deadlocked a 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,8 +15,12 @@ import time
 import pandas as pd
 import psutil
 import pytest
-from sweep_helpers import read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
+from conftest import TINY
+from filelock import FileLock
+from sweep_helpers import launched, read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
 
+from hexsweep.cli import compose
+from hexsweep.data.generate import dataset_folder
 from hexsweep.naming import host
 from hexsweep.resources.slots import read_holders
 
@@ -71,6 +76,27 @@ def test_a_stopped_job_is_killed_as_stalled_and_frees_its_slot(tmp_path, data):
     assert "0 (trainer.epochs=30): stalled" in err
     assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
     assert free_slots(tmp_path)
+
+
+def test_a_job_waiting_for_another_jobs_dataset_is_not_stalled(tmp_path, tiny_dataset):
+    """A job whose dataset another process is generating waits on the dataset's file lock for
+    longer than the stall timeout, beating, and then trains on the dataset the other one wrote.
+    Here the test is the other process: it holds the lock, then puts the dataset in place."""
+    data = tmp_path / "data"
+    data.mkdir()
+    folder = dataset_folder(compose(TINY).data, data)
+    lock = FileLock(str(folder) + ".lock")
+    with lock, launched(sweep_cmd(tmp_path, data, "trainer.epochs=1", "hydra.launcher.stall_timeout_s=3")) as proc:
+        wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)  # its next step: the dataset
+        time.sleep(6)  # twice the stall timeout
+        shutil.copytree(tiny_dataset, folder)  # as the generating job would: whole, then unlock
+        lock.release()
+        out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    job = sweep_dirs(tmp_path)[0] / "0"
+    record = read_result(job)
+    assert record["status"] == "completed" and record["data"]["folder"] == str(folder)
+    assert "another process is generating it" in (job / "train.log").read_text()  # it did wait on the lock
 
 
 def test_a_job_that_blocks_for_ever_is_stalled_and_resume_reruns_it(tmp_path, data):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from hexsweep.data.shards import FORMAT_VERSION, Game, check_replaceable, read_meta, write_dataset
@@ -182,10 +182,30 @@ def ensure_dataset(data_cfg: Any, data_root: str | os.PathLike, workers: int | N
         return folder, read_meta(folder, data_cfg.board_size)
     if not (folder / "meta.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
+        with _acquire_beating(FileLock(str(folder) + ".lock"), folder):
             if not (folder / "meta.json").is_file():
                 generate(data_cfg, folder, workers, progress)
     return folder, read_meta(folder, data_cfg.board_size)
+
+
+def _acquire_beating(lock: FileLock, folder: Path, beat_s: float = 1.0) -> Any:
+    """Take the dataset's lock, beating the heartbeat while another job holds it.
+
+    filelock's own blocking wait beats nothing, and a job waiting for another job's
+    generation (minutes at the seed's scale) is not stalled: the stall watchdog would kill
+    it. So the wait is a loop of short timed tries, as the slot and memory waits are.
+    Returns filelock's proxy of the held lock: entering it does not take the lock again,
+    leaving it releases it.
+    """
+    told = False
+    while True:
+        try:
+            return lock.acquire(timeout=beat_s)
+        except Timeout:
+            if not told:
+                log.info("waiting for %s: another process is generating it (lock %s)", folder, lock.lock_file)
+                told = True
+            beat()  # waiting is not stalling
 
 
 def main() -> None:

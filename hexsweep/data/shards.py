@@ -33,6 +33,7 @@ import numpy as np
 
 from hexsweep.atomic import atomic_write_json
 from hexsweep.errors import DataError
+from hexsweep.heartbeat import beat
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -94,6 +95,7 @@ class ShardWriter:
         for key, dtype in FIELDS.items():
             np.save(path / f"{key}.npy", np.concatenate([a[key] for a in self.pending]).astype(dtype))
         self.shards.append(name)
+        beat()  # writing a large dataset is progress too (the sweep's stall watchdog)
         self.positions += self.pending_positions
         self.pending, self.pending_positions = [], 0
 
