@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that ``atomic_write(path)`` calls killed mid-way (kill -9, power loss)
+    left beside ``path``; returns them. Only for a caller that knows no other process writes
+    ``path`` now (a job's own checkpoints): a live writer's temp file looks the same."""
+    path = Path(path)
+    removed = []
+    try:
+        stale = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return []
+    for tmp in stale:
+        try:
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass  # another process cleaned it first, or it is not ours to remove: leave it
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

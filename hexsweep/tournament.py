@@ -51,8 +51,11 @@ REFERENCE = "shortest_path"
 MAX_GAMES = 2000  # per pairing: past this, "play more games" is not an answer
 
 
-def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str]:
-    """The ``top`` best finished jobs of the sweep that have a ``best.pt``, best first."""
+def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str, list[str]]:
+    """The ``top`` best finished jobs of the sweep whose ``best.pt`` loads, best first; and why each
+    better job's best.pt was skipped (damaged, truncated, foreign: it cannot play)."""
+    from hexsweep.trainer import CheckpointError, load_checkpoint  # torch: only once there is a sweep
+
     df = aggregate([sweep])
     if df.empty:
         raise TournamentError(f"no job folders in {sweep}: give a sweep folder (outputs/multirun/<date>/<time>)")
@@ -63,7 +66,33 @@ def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str]:
     if ok.empty:
         raise TournamentError(f"no finished job with a best.pt in {sweep} (trainer.checkpoints=true writes it)")
     ok = ok.sort_values("objective", ascending=direction == "minimize", kind="stable")
-    return ok.head(top), direction
+    chosen, skipped = [], []
+    for i, row in enumerate(ok.itertuples()):
+        if len(chosen) == top:
+            break
+        try:
+            load_checkpoint(Path(row.job_dir) / "best.pt")
+            chosen.append(i)
+        except CheckpointError as e:
+            skipped.append(f"{player_label(row)} skipped: {e}")
+    if not chosen:
+        raise TournamentError(skipped[0] if len(skipped) == 1 else
+                              f"no usable best.pt in {sweep}: {len(skipped)} skipped, the first: {skipped[0]}")
+    return ok.iloc[chosen], direction, skipped
+
+
+def player_name(row: Any) -> str:
+    """A job's name in the tables: job<num> in a sweep, its folder's name among single runs."""
+    return f"job{int(row.job_num)}" if has_num(row) else Path(row.job_dir).name
+
+
+def player_label(row: Any) -> str:
+    return f"job {int(row.job_num)}: {row.label}" if has_num(row) else f"run {Path(row.job_dir).name}: {row.label}"
+
+
+def has_num(row: Any) -> bool:
+    """Whether the row is a sweep's job (single runs, outputs/runs/<date>/<time>, have no number)."""
+    return row.job_num is not None and not pd.isna(row.job_num)
 
 
 def pool_spec(sweep: Path, config: dict[str, Any], parallel: int) -> dict[str, Any]:
@@ -150,7 +179,9 @@ def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | No
         raise TournamentError(f"--top {top} is invalid: allowed an integer >= 1")
     if workers is not None and workers < 1:
         raise TournamentError(f"--workers {workers} is invalid: allowed an integer >= 1")
-    jobs, direction = select_jobs(sweep, top)
+    jobs, direction, skipped = select_jobs(sweep, top)
+    for line in skipped:
+        print(f"hexsweep: warning: {line}", file=sys.stderr)
     results = {row.job_dir: read_result(row.job_dir) or {} for row in jobs.itertuples()}
     config = next((r["config"] for r in results.values() if isinstance(r.get("config"), dict)), {})
     sizes = {(r.get("data") or {}).get("board_size") for r in results.values()}
@@ -162,10 +193,11 @@ def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | No
     players: dict[str, tuple[str, Any]] = {}
     labels, info = {}, []
     for row in jobs.itertuples():
-        name = f"job{row.job_num}" if row.job_num is not None and not pd.isna(row.job_num) else Path(row.job_dir).name
+        name = player_name(row)
         players[name] = ("net", str(Path(row.job_dir) / "best.pt"))
-        labels[name] = f"job {row.job_num}: {row.label}"
-        info.append({"name": name, "kind": "job", "label": labels[name], "job_num": int(row.job_num),
+        labels[name] = player_label(row)
+        info.append({"name": name, "kind": "job", "label": labels[name],
+                     "job_num": int(row.job_num) if has_num(row) else None,
                      "job_dir": row.job_dir, "objective": float(row.objective)})
     players[REFERENCE] = ("shortest_path", temperature)
     players[ANCHOR] = ("random", None)
@@ -214,7 +246,8 @@ def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | No
         "workers": w, "devices": sorted(devices), "players": info,
         "openings": [{"moves": list(o), "first_player_win_rate_in_probe": r} for o, r in
                      zip(openings, balance, strict=True)],
-        "elo": elo, "first_move": first, "pairings": pairs.to_dict(orient="records"), "warnings": warnings,
+        "elo": elo, "first_move": first, "pairings": pairs.to_dict(orient="records"),
+        "warnings": skipped + warnings,
     }
     atomic_write_json(out_dir / "tournament.json", summary)
     plot_elo(elo, first, games, out_dir / "elo.png")

@@ -15,11 +15,14 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hexsweep.atomic import append_jsonl, atomic_write
+from hexsweep.atomic import append_jsonl, atomic_write, remove_stale_temps
 from hexsweep.calibration import value_detail
 from hexsweep.config import flat_config
 from hexsweep.data.dataset import HexDataset
+from hexsweep.errors import HexsweepError
 from hexsweep.evaluate import StrengthSpec, win_rate
 from hexsweep.heartbeat import beat
 from hexsweep.hex.board import EMPTY
@@ -197,13 +201,58 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     }
     if training is not None:
         state["training"] = training
+    # the job owns its folder: a temp file of this checkpoint is what a save killed mid-way left
+    remove_stale_temps(path)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
+class CheckpointError(HexsweepError):
+    """A checkpoint file cannot be used; the message names the file and says why, in one line."""
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """``torch.load`` of a hexsweep checkpoint (weights only), every failure a ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        what = ("a folder" if path.is_dir() else "a link to nothing" if path.is_symlink() and not path.exists()
+                else "missing" if not path.exists() else "not a regular file")
+        raise CheckpointError(f"{path} is {what}, not a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            # a foreign pickle makes torch warn about its protocol before it refuses it: the
+            # CheckpointError below says it in one line
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message here advises weights_only=False, which runs whatever code the file holds:
+        # never pass that advice on for a file that is damaged or not hexsweep's
+        raise CheckpointError(f"{path} is damaged or not a hexsweep checkpoint: torch's weights-only "
+                              "loader refused its content") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+        # a truncated file gives OSError(EINVAL) without the file's name, a torn zip a RuntimeError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(". ")[0].strip()
+        raise CheckpointError(f"{path} cannot be read, truncated or damaged ({why or type(e).__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict) \
+            or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} holds no model (model_config and model): not a hexsweep checkpoint")
+    return state
+
+
+def model_from(state: dict, path: str | Path) -> HexNet:
+    """The network a checkpoint's state describes, its weights loaded (CheckpointError if they do not fit)."""
+    try:
+        model = HexNet(NetConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__  # load_state_dict's message spans lines
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise CheckpointError(f"{path}: its weights do not fit its model_config ({why})") from None
+    return model
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[HexNet, dict]:
-    state = torch.load(path, map_location=device, weights_only=True)
-    model = HexNet(NetConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
+    state = read_checkpoint(path, device)
+    model = model_from(state, path)
     model.to(device).eval()
     return model, state
 
@@ -299,21 +348,63 @@ def changed_keys(old: dict, new: dict) -> list[str]:
             if a.get(k) != b.get(k) and not any(k == i or k.startswith(i) for i in RESUME_IGNORES)]
 
 
+# what ``_train`` reads from a saved training state (last.pt's "training")
+TRAINING_KEYS = ("epoch", "step", "partial", "scheduler", "scaler", "best_value", "stale", "best_epoch",
+                 "best_metrics", "best_state", "history", "rng")
+
+
 def load_training_state(job_dir: Path, plain_config: dict) -> tuple[dict | None, str]:
-    """The training state in ``job_dir/last.pt`` if the job can continue from it, else (None, why)."""
+    """The training state in ``job_dir/last.pt`` if the job can continue from it, else (None, why).
+
+    Whatever is wrong with last.pt (torn, a folder, foreign, an older format, parts missing,
+    weights or optimizer state that do not fit the model) means: start afresh, saying why.
+    Never a failed job: a resume is an optimisation. A folder named last.pt is moved aside
+    (``last.pt.unusable-*``), since the job's own saves could not replace it."""
     path = job_dir / "last.pt"
-    if not path.exists():
+    remove_stale_temps(path)  # left by a save that was killed: this job is the only writer
+    if not (path.exists() or path.is_symlink()):
         return None, "no last.pt in the job folder"
+    if path.is_dir() and not path.is_symlink():
+        # the job's saves would fail on it (a file cannot replace a folder): set it aside, kept
+        aside = Path(tempfile.mkdtemp(prefix="last.pt.unusable-", dir=job_dir))
+        path.rename(aside)  # onto the empty folder that reserved the name (POSIX rename replaces it)
+        return None, f"{path} is a folder, not a checkpoint: moved to {aside}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: start fresh rather than fail the job
-        return None, f"last.pt is unreadable ({type(e).__name__})"
-    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION or "training" not in state:
+        state = read_checkpoint(path)
+    except CheckpointError as e:
+        return None, str(e)
+    training = state.get("training")
+    if state.get("format_version") != CHECKPOINT_VERSION or not isinstance(training, dict):
         return None, "last.pt holds no complete training state (an older format)"
+    if missing := [k for k in TRAINING_KEYS if k not in training]:
+        return None, f"last.pt's training state lacks {', '.join(missing)}"
+    if why := _unusable(state, path):
+        return None, why
     if keys := changed_keys(state.get("config") or {}, plain_config):
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         return None, f"config changed: {shown}"
     return state, ""
+
+
+def _unusable(state: dict, path: Path) -> str:
+    """Why the saved weights, optimizer state or history cannot be restored ('' if they can): tried on
+    a fresh model of the saved config, so that training never meets them half-restored."""
+    t = state["training"]
+    history = t["history"]
+    if not (isinstance(history, list) and all(isinstance(r, dict) and "epoch" in r for r in history)):
+        return "last.pt's metrics history is damaged"
+    if not (isinstance(t["epoch"], int) and isinstance(t["step"], int) and t["epoch"] >= 1 and t["step"] >= 0):
+        return f"last.pt's position (epoch {t['epoch']!r}, step {t['step']!r}) is damaged"
+    try:
+        model = model_from(state, path)
+    except CheckpointError as e:
+        return str(e)
+    try:
+        optimizer = torch.optim.AdamW(model.parameters())
+        optimizer.load_state_dict(state["optimizer"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        return f"last.pt's optimizer state does not fit its model ({type(e).__name__})"
+    return ""
 
 
 def _rng_state(gen: torch.Generator, data_epoch_start: dict, device: torch.device) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from sweep_helpers import read_result, running_with_slot, sweep_cmd, sweep_dirs, wait_for
+from sweep_helpers import read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -272,3 +272,37 @@ def test_a_job_submitit_will_not_requeue_ends_failed_saying_why(tmp_path):
     record = hand_over_preemption(Stopped("stopped by SIGUSR2", refuse), tmp_path, {"status": "interrupted"})
     assert record["status"] == "failed" and "timed-out too many times" in record["error"]["message"]
     assert read_result(tmp_path)["status"] == "failed"
+
+
+def test_a_resume_starts_afresh_from_any_last_pt_it_cannot_use(tmp_path, data_root, tiny_cfg):
+    """Three jobs whose last.pt cannot be used (a folder, a training state without its history, an
+    empty model state), beside the temp files of saves killed mid-way: the sweep's resume starts
+    each afresh, saying why, completes it, and leaves no temp file."""
+    import torch
+
+    from hexsweep.train import train_job
+
+    args = ["seed=0,1,2", "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "hydra.launcher.n_jobs=2"]
+    train_job(tiny_cfg(*args[1:3]), tmp_path / "base")  # a real last.pt to damage
+    state = torch.load(tmp_path / "base" / "last.pt", weights_only=True)
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1", "2"):  # what a kill -9 during a save leaves beside last.pt
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / ".last.pt.k9x2a1b0.tmp").write_bytes(b"PK\x03\x04 half a zip")
+        (sweep / job / ".best.pt.3fz8q0wn.tmp").write_bytes(b"")
+    (sweep / "0" / "last.pt").mkdir()
+    torch.save({**state, "training": {k: v for k, v in state["training"].items() if k != "history"}},
+               sweep / "1" / "last.pt")
+    torch.save({**state, "model": {}}, sweep / "2" / "last.pt")
+
+    again = run_sweep(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=true")
+    assert again.returncode == 0, again.stderr
+    why = {"0": f"{sweep / '0' / 'last.pt'} is a folder, not a checkpoint: moved to {sweep / '0'}/last.pt.unusable-",
+           "1": "last.pt's training state lacks history",
+           "2": f"{sweep / '2' / 'last.pt'}: its weights do not fit its model_config (Error(s) in loading state_dict"}
+    for job, reason in why.items():
+        record = read_result(sweep / job)
+        assert record["status"] == "completed" and "resumed_from_epoch" not in record, job
+        assert f"resume: starting job {job} afresh: {reason}" in (sweep / job / "train.log").read_text()
+        assert not list((sweep / job).glob(".*.tmp")), job
+        assert torch.load(sweep / job / "last.pt", weights_only=True)["training"]["history"]  # saved anew

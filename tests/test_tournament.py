@@ -130,3 +130,45 @@ def test_the_report_compares_the_calibration_of_the_best_jobs(tiny_sweep):
     df = pd.read_csv(tiny_sweep / "results.csv")
     assert np.all(df["best_val_policy_top5_acc"] >= df["best_val_policy_acc"])
     assert "## Value head and policy" in (tiny_sweep / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_tournament_of_single_runs_skips_damaged_checkpoints_by_name(tiny_sweep, tmp_path):
+    """A folder of single runs (no job numbers), two of whose best.pt are damaged: a pickle that
+    torch's weights-only loader refuses (its message advises weights_only=False: never shown) and a
+    truncated file (torch's OSError names no file). The valid one plays; the others are named."""
+    import shutil
+
+    runs = tmp_path / "runs" / "2026-01-01"
+    names = {"10-00-00": "0", "10-00-01": "0", "10-00-02": "1"}
+    for name, job in names.items():
+        shutil.copytree(tiny_sweep / job, runs / name, ignore=shutil.ignore_patterns("tournament"))
+    foreign = runs / "10-00-00" / "best.pt"
+    foreign.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    truncated = runs / "10-00-01" / "best.pt"
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    out = subprocess.run([sys.executable, "-m", "hexsweep.tournament", str(runs), "--top", "3", "--games", "2",
+                          "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    said = out.stdout + out.stderr
+    assert "Traceback" not in said and "weights_only" not in said
+    warned = [line for line in out.stderr.splitlines() if line.startswith("hexsweep: warning: run ")]
+    assert len(warned) == 2
+    assert warned[0].startswith("hexsweep: warning: run 10-00-00: ") and warned[0].endswith(
+        f" skipped: {foreign} is damaged or not a hexsweep checkpoint: torch's weights-only loader refused its "
+        "content")
+    assert warned[1].startswith("hexsweep: warning: run 10-00-01: ") and warned[1].endswith(
+        f" skipped: {truncated} cannot be read, truncated or damaged (Invalid argument)")
+    t = json.loads((runs / "tournament" / "tournament.json").read_text())
+    (played,) = [p for p in t["players"] if p["kind"] == "job"]
+    assert played["name"] == "10-00-02" and played["job_num"] is None
+    assert sum(str(foreign) in w for w in t["warnings"]) == 1  # the summary and report name them too
+
+    # nothing left that can play: one line naming the bad checkpoint
+    shutil.rmtree(runs / "10-00-00")
+    shutil.rmtree(runs / "10-00-02")
+    out = subprocess.run([sys.executable, "-m", "hexsweep.tournament", str(runs), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and line.startswith("hexsweep: error: run 10-00-01: ")
+    assert line.endswith(f" skipped: {truncated} cannot be read, truncated or damaged (Invalid argument)")
