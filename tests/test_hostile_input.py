@@ -182,3 +182,33 @@ def test_journal_line_that_is_not_json_is_cut_off_too(tmp_path):
     open_storage(str(journal))
     assert journal.read_bytes() == whole
 
+
+
+def _journal_of_two_trials(tmp_path):
+    journal = tmp_path / "good.journal"
+    optuna.create_study(study_name="s", storage=open_storage(str(journal))).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    return journal.read_bytes()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda good: b"\xff\xfe\x00 a UTF-16 file\n", "line 1 is not UTF-8 text"),
+    (lambda good: good[:40] + b"\xff" + good[40:], "line 1 is not UTF-8 text"),
+    (lambda good: good.replace(b"\n", b"\nnot json\n", 1), "line 2 is not JSON"),
+    (lambda good: b'{"hello": "world"}\n', "line 1 is not an Optuna journal record (no op_code)"),
+    (lambda good: b"[1, 2, 3]\n", "line 1 is not an Optuna journal record (no op_code)"),
+    (lambda good: good + b'{"op_code": 99, "worker_id": "w"}\n',
+     f"a record with an op_code this Optuna ({optuna.__version__}) does not know"),
+], ids=["utf16", "binary-inside", "text-line", "foreign-json", "json-list", "unknown-op"])
+@pytest.mark.parametrize("command", [["list"], ["best", "--study", "s"]])
+def test_study_commands_on_a_damaged_or_foreign_journal_are_one_line_naming_it(tmp_path, capsys, damage, reason,
+                                                                              command):
+    journal = tmp_path / "studies.journal"
+    journal.write_bytes(damage(_journal_of_two_trials(tmp_path)))
+    before = journal.read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        study_cli.main(["--storage", str(journal), *command])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"hexsweep: error: storage {journal} is damaged or not an Optuna journal: {reason}")
+    assert journal.read_bytes() == before  # a query changes nothing

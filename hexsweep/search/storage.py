@@ -82,10 +82,48 @@ def open_storage(spec: str, heartbeat_interval: int | None = None, grace_period:
     if read_only:
         if not path.is_file():
             raise ConfigError(f"no storage at {spec}: {missing(path)}; {NOTHING_CREATED}")
+        # Optuna skips a last line it cannot parse (a write in progress), and so would read a
+        # file of one such line as an empty journal: it is not a journal
+        if _torn_tail(path) == 0 and (bad := first_bad_line(path)):
+            raise ConfigError(f"storage {path} is damaged or not an Optuna journal: {bad}")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_torn_tail(path)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        # JournalStorage replays the whole file here, and a damaged or foreign one fails deep in
+        # Optuna with whatever its replay hits: UnicodeDecodeError, JSONDecodeError, KeyError,
+        # TypeError, "AssertionError: Should not reach." (an unknown op_code)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, AssertionError, LookupError, TypeError, AttributeError) as e:
+        raise ConfigError(f"storage {path} is damaged or not an Optuna journal: {journal_fault(path, e)}") from None
+    except OSError as e:
+        raise ConfigError(f"storage {path} cannot be read: {e.strerror or e}") from None
+
+
+def first_bad_line(path: Path) -> str | None:
+    """The journal's first line that is not a UTF-8 JSON object with an op_code, and why."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                return f"line {number} is not UTF-8 text"
+            except ValueError:
+                return f"line {number} is not JSON"
+            if not isinstance(record, dict) or "op_code" not in record:
+                return f"line {number} is not an Optuna journal record (no op_code)"
+    return None
+
+
+def journal_fault(path: Path, error: BaseException) -> str:
+    """Why Optuna could not replay a journal: its first bad line, else what Optuna raised (a
+    record it cannot apply)."""
+    if bad := first_bad_line(path):
+        return bad
+    if isinstance(error, AssertionError):  # Optuna's "Should not reach.": an op_code it does not know
+        return f"a record with an op_code this Optuna ({optuna.__version__}) does not know"
+    what = str(error).splitlines()[0] if str(error) else ""
+    return f"a record Optuna cannot replay ({type(error).__name__}{': ' + what if what else ''})"
 
 
 NOTHING_CREATED = ("check --storage (a query never creates a storage; "
