@@ -26,7 +26,6 @@ import pandas as pd
 
 from hexsweep import provenance
 from hexsweep.cli import fail
-from hexsweep.config import flat_config
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.end import failure_line
@@ -90,6 +89,8 @@ def _json(path: Path) -> dict[str, Any]:
 def job_diff(a: Path, b: Path) -> list[str]:
     """Lines saying how job ``b`` differs from job ``a``: config keys, code, packages, versions."""
     lines = [f"--- {a}", f"+++ {b}"]
+    from hexsweep.config import flat_config  # the schema's module imports Hydra: --diff only
+
     ra, rb = read_result(a) or {}, read_result(b) or {}
     ca, cb = flat_config(ra.get("config") or {}), flat_config(rb.get("config") or {})
     skip = ("optuna.trial_number",)

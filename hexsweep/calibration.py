@@ -23,7 +23,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 BINS = 10
 STAGES = (("early", 0.0, 0.15), ("middle", 0.15, 0.35), ("late", 0.35, 1.01))
@@ -39,6 +38,10 @@ def reliability(prob: np.ndarray, outcome: np.ndarray, bins: int = BINS) -> dict
     if len(prob) == 0:
         return {"edges": edges.tolist(), "count": [0] * bins, "predicted": [None] * bins,
                 "actual": [None] * bins, "ece": math.nan}
+    # scipy.stats costs ~0.7 s to import: here, not at the module's import, so that hexsweep.train's
+    # start-up (--help, a sweep's driver) does not pay it; the job server preloads it for the jobs
+    from scipy import stats
+
     clipped = np.clip(prob, 0.0, 1.0)
     count, _, _ = stats.binned_statistic(clipped, clipped, "count", bins=edges)
     predicted, _, _ = stats.binned_statistic(clipped, clipped, "mean", bins=edges)

@@ -296,7 +296,11 @@ def register_schema() -> None:
     from hexsweep.naming import register_resolvers
 
     register_resolvers()
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # Once per process: every job of a sweep runs hexsweep.train's module again (multiprocessing's
+    # __mp_main__), and converting the dataclass costs ~0.1 s a job, for a ConfigStore that the job
+    # then replaces with the driver's (Hydra's singleton state).
+    if "train_schema.yaml" not in ConfigStore.instance().repo:
+        ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 METRICS = (

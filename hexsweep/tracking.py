@@ -51,11 +51,6 @@ from hexsweep.devices import is_oom
 from hexsweep.errors import HexsweepError
 from hexsweep.heartbeat import beat
 
-try:  # at import, so that the sweep's job server loads it once for all jobs (it starts no thread)
-    from torch.utils.tensorboard import SummaryWriter
-except ImportError:  # tensorboard is in the base install; an environment without it runs without the logger
-    SummaryWriter = None
-
 log = logging.getLogger("hexsweep.tracking")
 
 PARENT_FILE = "mlflow.json"  # in the sweep folder: the store, experiment and parent run of its jobs
@@ -182,8 +177,12 @@ class TensorBoardTracker:
     name = "tensorboard"
 
     def __init__(self, settings: Any, job_dir: Path, hparams: dict[str, Any]) -> None:
-        if SummaryWriter is None:
-            raise TrackingError("logger=tensorboard needs TensorBoard: pip install tensorboard")
+        # imported here, not with the module: the driver and --help never write events; the sweep's
+        # job server preloads it for the jobs (hexsweep/sweep/warm.py)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is in the base install; without it, no logger
+            raise TrackingError("logger=tensorboard needs TensorBoard: pip install tensorboard") from None
         for old in job_dir.glob("events.out.tfevents.*"):  # a rerun (resume, OOM retry) starts afresh
             old.unlink(missing_ok=True)
         self.hparams = hparams

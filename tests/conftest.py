@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ TINY = ["debug=tiny", "trainer.progress=off"]
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # pytest-xdist (-n 2, pyproject.toml): the workers share one tiny dataset, in this run's
+        # shared base folder; ensure_dataset generates it under a file lock, once
+        root = tmp_path_factory.getbasetemp().parent / "data"
+        root.mkdir(exist_ok=True)
+        return root
     return tmp_path_factory.mktemp("data")
 
 

@@ -18,6 +18,7 @@ from postgres import Postgres, available
 from sweep_helpers import console_script, sweep_cmd, sweep_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres,
+              pytest.mark.xdist_group("postgres"),  # one server at a time, on one xdist worker
               pytest.mark.skipif(not available(), reason="PostgreSQL binaries (initdb, pg_ctl) not installed")]
 
 

@@ -25,7 +25,8 @@ from hexsweep.naming import host
 from hexsweep.search.storage import open_storage
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.ray,
+              pytest.mark.xdist_group("ray")]  # one Ray head at a time, on one xdist worker
 
 CPU_CLUSTER = ["hydra/launcher=ray_cluster", "hydra.launcher.ray.remote.num_gpus=0",
                "hydra.launcher.ray.remote.num_cpus=1"]

@@ -72,7 +72,9 @@ def direction_of(df: pd.DataFrame) -> str:
         else "minimize"
 
 
-def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str) -> dict[str, Any]:
+def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str,
+              table: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The summary; ``table`` is ``group_stats`` of the finished jobs when the caller has it already."""
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     ok = df[df["status"].isin(OK)] if not df.empty else df
     bad = df[~df["status"].isin(OK)] if not df.empty else df
@@ -83,7 +85,8 @@ def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str) -> dict[
         best = {"job_num": _plain(b.get("job_num")), "experiment": b.get("experiment"),
                 "overrides": b.get("overrides"), "label": b.get("label"), "objective": _plain(b["objective"]),
                 "job_dir": b["job_dir"], "sweep": b["sweep"]}
-    table = group_stats(ok, direction) if not ok.empty else group_stats(pd.DataFrame(), direction)
+    if table is None:
+        table = group_stats(ok, direction) if not ok.empty else group_stats(pd.DataFrame(), direction)
     groups = {name: {"n": int(r["n"]), "mean": _plain(r["mean"]),
                      "std": _plain(r["std"]) if r["n"] > 1 else None, "min": _plain(r["min"]),
                      "max": _plain(r["max"]), "ci_low": _plain(r["ci_low"]), "ci_high": _plain(r["ci_high"]),
@@ -166,7 +169,9 @@ def save_png(fig: Any, out: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    # zlib level 1, not Pillow's default 6: the same pixels, a larger file, and ~0.1 s less per figure
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110, pil_kwargs={"compress_level": 1}),
+                 mode="wb")
     plt.close(fig)
     return True
 
@@ -195,13 +200,16 @@ def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, ou
     return save_png(fig, out)
 
 
-def plot_groups(ok: pd.DataFrame, metric: str, out: Path, direction: str = "minimize") -> bool:
-    """Each configuration's mean with its 95% t-interval across seeds, its jobs as dots, best on top."""
+def plot_groups(ok: pd.DataFrame, metric: str, out: Path, direction: str = "minimize",
+                table: pd.DataFrame | None = None) -> bool:
+    """Each configuration's mean with its 95% t-interval across seeds, its jobs as dots, best on top;
+    ``table`` is ``group_stats(ok, direction)`` when the caller has it already."""
     import matplotlib.pyplot as plt
 
     if ok.empty or ok["objective"].notna().sum() == 0:
         return False
-    table = group_stats(ok, direction)
+    if table is None:
+        table = group_stats(ok, direction)
     shown = table.head(MAX_GROUPS_SHOWN).iloc[::-1]  # best at the top
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.5 * len(shown)))
     best = table.iloc[0]
@@ -389,13 +397,14 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
         df = df.sort_values("objective", ascending=direction == "minimize", na_position="last")
     atomic_write(out_dir / "results.csv", lambda f: df.to_csv(f, index=False))
     atomic_write(out_dir / "results.parquet", lambda f: df.to_parquet(f, index=False), mode="wb")
-    summary = summarise(df, sweep_dirs, direction)
+    ok = df[df["status"].isin(OK)] if not df.empty else df
+    table = group_stats(ok, direction) if not ok.empty else group_stats(pd.DataFrame(), direction)
+    summary = summarise(df, sweep_dirs, direction, table)  # the table, once: the summary and the plot share it
     summary["out_dir"] = str(out_dir)
     summary["provenance_warning"] = provenance_warning(df)
     summary["tournaments"] = load_tournaments(sweep_dirs)
     metric = summary["objective_metric"] or "val_objective"
     curve_metric = metric if str(metric).startswith("val_") else "val_objective"
-    ok = df[df["status"].isin(OK)] if not df.empty else df
     top = best_jobs(ok)
     summary["detail"] = detail_rows(top)
     atomic_write_json(out_dir / "summary.json", summary)
@@ -403,7 +412,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
     top_curves = {job: rows for job, rows in load_curves(top, len(top)).items()} if not top.empty else {}
     plots = {
         "curves.png": plot_curves(df, load_curves(df, max_curves), curve_metric, out_dir / "curves.png"),
-        "by_experiment.png": plot_groups(ok, metric, out_dir / "by_experiment.png", direction),
+        "by_experiment.png": plot_groups(ok, metric, out_dir / "by_experiment.png", direction, table),
         "accuracy_vs_value_loss.png": plot_tradeoff(ok, out_dir / "accuracy_vs_value_loss.png"),
         "calibration.png": plot_calibration(load_best_rows(list(top["job_dir"])) if not top.empty else {}, labels,
                                             out_dir / "calibration.png"),

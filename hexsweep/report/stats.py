@@ -1,6 +1,11 @@
 """Which configuration is better: seeds, confidence intervals, seeds needed, Elo from games.
 
-Every distribution comes from scipy.stats; only the bookkeeping around it is ours.
+Every distribution comes from scipy; only the bookkeeping around it is ours. The report's
+quantiles and probabilities are the ``scipy.special`` functions that scipy.stats itself calls
+(``t.ppf`` is ``stdtrit``, ``nct.cdf`` is ``nctdtr``, ``norm.ppf`` is ``ndtri``; the noncentral
+t's survival function is its cdf mirrored, the values scipy.stats gives): importing scipy.stats
+costs about a second more, which every ``analyze`` and every sweep's report would wait for.
+scipy.optimize (the Elo fit) and scipy.stats (``mean_interval``) load only where used.
 
 - ``group_stats``: per configuration (the overrides other than ``seed``) n, mean, standard
   deviation and the 95% t-interval of the objective; against the best configuration (best
@@ -27,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
+from scipy import special
 
 from hexsweep.errors import HexsweepError
 
@@ -48,6 +53,8 @@ def mean_interval(values: Any, confidence: float = CONFIDENCE) -> tuple[float, f
     mean = float(x.mean()) if len(x) else math.nan
     if len(x) < 2:
         return mean, math.nan, math.nan
+    from scipy import stats
+
     sem = stats.sem(x)
     if sem == 0:
         return mean, mean, mean
@@ -67,7 +74,7 @@ def welch_interval(n_a: Any, mean_a: Any, var_a: Any, n_b: Any, mean_b: Any, var
     se = np.sqrt(va + vb)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-        half = np.where(se == 0, 0.0, stats.t.ppf(0.5 + confidence / 2, df) * se)
+        half = np.where(se == 0, 0.0, special.stdtrit(df, 0.5 + confidence / 2) * se)
     half = np.where((n_a < 2) | (n_b < 2), np.nan, half)
     return diff, diff - half, diff + half
 
@@ -86,8 +93,8 @@ def t_power(diff: float, sd: float, n: Any, alpha: float = 1 - CONFIDENCE) -> np
     n = np.asarray(n, dtype=float)
     df = 2 * n - 2
     nc = abs(diff) / (sd * np.sqrt(2 / n))
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    crit = special.stdtrit(df, 1 - alpha / 2)
+    return special.nctdtr(df, -nc, -crit) + special.nctdtr(df, nc, -crit)  # nct.sf(crit) + nct.cdf(-crit)
 
 
 def seeds_needed(diff: float, sd: float, power: float = POWER, alpha: float = 1 - CONFIDENCE) -> int | None:
@@ -96,7 +103,7 @@ def seeds_needed(diff: float, sd: float, power: float = POWER, alpha: float = 1 
     difference, no spread measured) or more than MAX_SEEDS would be needed."""
     if not (math.isfinite(diff) and math.isfinite(sd)) or diff == 0 or sd <= 0:
         return None
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
     guess = max(2, math.floor(2 * (z * sd / abs(diff)) ** 2) - 2)  # normal approximation, from below
     if guess > MAX_SEEDS:
         return None
@@ -125,7 +132,7 @@ def group_stats(ok: pd.DataFrame, direction: str, confidence: float = CONFIDENCE
     g = g.sort_values("mean", ascending=direction == "minimize", kind="stable")
     n, mean, std = g["n"].to_numpy(float), g["mean"].to_numpy(float), g["std"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        half = np.where(std == 0, 0.0, stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
+        half = np.where(std == 0, 0.0, special.stdtrit(n - 1, 0.5 + confidence / 2) * std / np.sqrt(n))
     half = np.where(n < 2, np.nan, half)
     g["ci_low"], g["ci_high"] = mean - half, mean + half
     var = np.where(n < 2, np.nan, std**2)
@@ -222,7 +229,7 @@ class EloFit:
     z: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.z = float(stats.norm.ppf(0.5 + self.confidence / 2))
+        self.z = float(special.ndtri(0.5 + self.confidence / 2))
 
     @property
     def low(self) -> np.ndarray:
@@ -289,6 +296,8 @@ def fit_elo(black: list[str], white: list[str], black_won: Any, anchor: str, pri
         p = special.expit(X @ theta)
         return (X * (w * p * (1 - p))[:, None]).T @ X
 
+    from scipy import optimize  # only a tournament fits ratings
+
     res = optimize.minimize(nll, np.zeros(k), jac=grad, hess=hess, method="trust-exact", options={"gtol": 1e-9})
     converged = res.success or (np.all(np.isfinite(res.x)) and np.abs(grad(res.x)).max() <= 1e-7 * w.sum())
     if not converged or not np.all(np.isfinite(res.x)):
@@ -315,7 +324,7 @@ def games_to_separate(fit: EloFit, a: str, b: str, games_per_pairing: int, power
     if d == 0:
         return None
     se = (high - low) / (2 * fit.z)
-    z = stats.norm.ppf(0.5 + fit.confidence / 2) + stats.norm.ppf(power)
+    z = special.ndtri(0.5 + fit.confidence / 2) + special.ndtri(power)
     need = games_per_pairing * (z * se / abs(d)) ** 2
     return int(2 * math.ceil(need / 2)) if math.isfinite(need) else None
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
-from hexsweep.search.storage import STORAGE_ENV, open_storage
 from hexsweep.trainer import EpochHook
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
 
 def build_pruner(link: Any, max_epochs: int) -> optuna.pruners.BasePruner:
+    import optuna
+
     name = link.pruner
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=link.n_startup_trials,
@@ -43,6 +45,12 @@ def trial_hook(cfg: Any, resumed: bool = False) -> tuple[EpochHook | None, dict[
     link = cfg.optuna
     if link.trial_number is None or link.study_name is None:
         return None, None
+    # Optuna and the storage only for a trial: every job calls this, and hexsweep.train's start-up
+    # (--help, the driver) imports this module; a sweep's job server preloads them (sweep/warm.py)
+    import optuna
+
+    from hexsweep.search.storage import STORAGE_ENV, open_storage
+
     spec = link.storage or os.environ.get(STORAGE_ENV)
     info = {"study_name": link.study_name, "trial_number": int(link.trial_number)}
     if not spec:

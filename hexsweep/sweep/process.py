@@ -102,11 +102,30 @@ def start_server_early(argv: list[str], preload: tuple[str, ...]) -> None:
         context(list(preload))
 
 
+# What every job of a driver shares (the task function, Hydra's context and singletons): pickled once
+# per driver, not once per job. Hydra's ConfigStore and plugin registry are thousands of objects, and
+# cloudpickle walks each of them (~0.05-0.1 s a job). The objects are kept, not their ids, so that a
+# later driver in the same process (tests) cannot be handed another driver's blob.
+SHARED = ("task_function", "hydra_context", "singleton_state")
+_shared: tuple[tuple[Any, ...], bytes] | None = None
+
+
+def _shared_blob(payload: dict[str, Any]) -> bytes:
+    global _shared
+    objects = tuple(payload[k] for k in SHARED)
+    if _shared is None or any(a is not b for a, b in zip(_shared[0], objects, strict=True)):
+        shared = {k: payload[k] for k in SHARED}
+        shared["task_function"] = task_payload(shared["task_function"])
+        _shared = (objects, cloudpickle.dumps(shared))
+    return _shared[1]
+
+
 def start_job(ctx: Any, name: str, payload: dict[str, Any]) -> tuple[Any, Connection, Any]:
     """Start one job; returns (process, the driver's end of its result pipe, its beat counter)."""
     beat = ctx.RawValue("Q", 0)
     parent_end, child_end = ctx.Pipe(duplex=False)
-    blob = cloudpickle.dumps({**payload, "task_function": task_payload(payload["task_function"])})
+    own = _dumps({k: v for k, v in payload.items() if k not in SHARED})  # the job's config, env, cwd
+    blob = (_shared_blob(payload), own)
     proc = ctx.Process(target=_job_main, name=name, args=(blob, child_end, beat), daemon=False)
     proc.start()
     child_end.close()
@@ -233,7 +252,7 @@ def _send(conn: Connection, status: str, ret: Any) -> None:
     conn.send_bytes(data)
 
 
-def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
+def _job_main(blob: tuple[bytes, bytes], conn: Connection, beat: Any) -> None:
     """The job process: Hydra's run_job on the job's config; the JobReturn goes back by pipe."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own group: the driver can stop its workers with it
@@ -247,7 +266,7 @@ def _job_main(blob: bytes, conn: Connection, beat: Any) -> None:
 
     from hexsweep import heartbeat
 
-    p = pickle.loads(blob)
+    p = {**pickle.loads(blob[0]), **pickle.loads(blob[1])}
     os.environ.clear()
     os.environ.update(p["env"])
     os.environ[JOB_PROCESS_ENV] = "1"

@@ -5,13 +5,21 @@ Building a torch optimizer imports torch._dynamo, sympy and ~800 modules (~1.5-2
 runs no parallel kernel (one scalar parameter), so the server never starts the OpenMP
 pool that a forked child could not use, and it never touches CUDA. It also lists the installed
 packages once, for every job's reproducibility record (hexsweep/provenance.py).
+
+hexsweep.train's own start-up (``--help``, the sweep's driver) leaves out what only a job uses:
+scipy.stats (hexsweep/calibration.py, ~0.7 s), TensorBoard's writer (the default logger,
+~0.3 s) and, for an Optuna trial's pruning link, Optuna and its storages; they load here
+instead, once for every job. None of them starts a thread.
 """
 
 import warnings
 
+import scipy.stats  # noqa: F401  (the evaluation's calibration)
 import torch
+from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (logger=tensorboard, the default)
 
 from hexsweep import provenance
+from hexsweep.search import storage  # noqa: F401  (an Optuna trial's link: optuna, its storages)
 
 # The server imports hexsweep.train under its name; multiprocessing runs it again in each job
 # as __mp_main__, and runpy warns that it is already imported. Expected here: silence it.

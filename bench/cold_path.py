@@ -1,0 +1,175 @@
+"""Fixed costs of hexsweep against their baselines, as ratios measured in one run (issue 24).
+
+    python bench/cold_path.py [--repeats 3] [--small 8] [--large 24] [--only help,import,first,jobs,report,gain]
+
+Every figure is the best of ``--repeats`` runs, with its baseline timed in the same loop
+(alternating), so a busy machine slows both sides alike. Prints one line per figure:
+
+- help:   ``python -m hexsweep.train --help`` / ``python -c "import torch"`` (target <= 1.3)
+- import: ``python -c "import hexsweep.train"`` / ``import torch``
+- first:  a one-job sweep's time to its job's first training step (the step's checkpoint,
+          ``trainer.checkpoint_every_steps=1``) / the same job run alone (no ``-m``)
+- jobs:   per-job start (the slope between --small and --large jobs, n_jobs=2): the hexsweep
+          launcher with a bare app, and hexsweep.train's no-op jobs, against bare Hydra's joblib
+          launcher (targets <= 1.2 and <= 2); the whole sweep of --small jobs against joblib's
+          (target <= 2.0)
+- report: ``python -m hexsweep.analyze`` of 4, 20 and 200 synthetic finished jobs, and of the
+          --small no-op sweep, / ``python -c "import pandas, matplotlib.pyplot"`` (target <= 2
+          for 8 to 20 jobs)
+- gain:   4 jobs of 12 tiny epochs, sequential / n_jobs=2, against its ceiling from one job's
+          thread scaling: two one-thread jobs side by side at best take one one-thread job's
+          time, so the ceiling is 2 x (a job with 2 threads) / (a job with 1 thread) (target >= 0.9)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aggregate_scale import make_jobs
+from common import hexsweep_cmd, run_timed
+
+PY = sys.executable
+TINY = ("debug=tiny", "strength.games=0", "hydra.launcher.progress=off")
+
+
+def best(cmds: dict[str, list[str]], repeats: int, cwd: str | None = None) -> dict[str, float]:
+    """Each command's best wall time over ``repeats`` rounds, the commands alternating in each round."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for name, cmd in cmds.items():
+            times[name].append(run_timed(cmd, cwd=cwd)[0])
+    return {k: min(v) for k, v in times.items()}
+
+
+def ratio(name: str, ours: float, base: float, what: str, target: str = "") -> None:
+    mark = ""
+    if target:
+        op, value = target.split()
+        ok = ours / base <= float(value) if op == "<=" else ours / base >= float(value)
+        mark = f"  target {target}: {'met' if ok else 'MISSED'}"
+    print(f"{name:32s} {ours:7.2f} s / {base:6.2f} s = {ours / base:5.2f}x  ({what}){mark}", flush=True)
+
+
+def time_to_file(cmd: list[str], path_glob: str, root: Path, timeout_s: float = 300) -> float:
+    """Seconds from the command's start until a file matching ``path_glob`` exists under ``root``;
+    the command is then left to finish."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while time.perf_counter() - start < timeout_s:
+            if next(root.glob(path_glob), None) is not None:
+                return time.perf_counter() - start
+            if proc.poll() is not None and next(root.glob(path_glob), None) is None:
+                raise SystemExit(f"command ended ({proc.returncode}) before {path_glob}: {' '.join(cmd)}\n"
+                                 f"{proc.stderr.read()[-2000:]}")
+            time.sleep(0.01)
+        raise SystemExit(f"no {path_glob} after {timeout_s} s: {' '.join(cmd)}")
+    finally:
+        proc.wait()
+
+
+def job_seconds(sweep: Path) -> list[float]:
+    return [json.loads(p.read_text())["wall_time_s"] for p in sorted(sweep.rglob("result.json"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", type=int, default=8)
+    parser.add_argument("--large", type=int, default=24)
+    parser.add_argument("--only", default="help,import,first,jobs,report,gain")
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    noop_app = str(Path(__file__).with_name("noop_app.py"))
+    torch_cmd = [PY, "-c", "import torch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"paths.outputs={tmp}"
+        run_timed(hexsweep_cmd("debug=tiny", "trainer.epochs=0", "strength.games=0", out))  # the dataset, once
+        if "help" in parts or "import" in parts:
+            t = best({"torch": torch_cmd, "help": hexsweep_cmd("--help"),
+                      "import": [PY, "-c", "import hexsweep.train"]}, args.repeats)
+            ratio("--help / import torch", t["help"], t["torch"], "start-up", "<= 1.3")
+            ratio("import hexsweep.train / torch", t["import"], t["torch"], "start-up")
+        if "first" in parts:
+            firsts: dict[str, list[float]] = {"sweep": [], "single": []}
+            for i in range(args.repeats):
+                first = ("trainer.epochs=1", "trainer.checkpoint_every_steps=1", out)
+                sweep_dir = Path(tmp) / f"first-{i}"
+                sweep = hexsweep_cmd("-m", "seed=0", *TINY, *first, f"hydra.sweep.dir={sweep_dir}")
+                firsts["sweep"].append(time_to_file(sweep, "*/last.pt", sweep_dir))
+                run_dir = Path(tmp) / f"single-{i}"
+                firsts["single"].append(time_to_file(
+                    hexsweep_cmd("debug=tiny", "strength.games=0", *first, f"hydra.run.dir={run_dir}"), "last.pt",
+                    run_dir))
+            ratio("first step: sweep / single run", min(firsts["sweep"]), min(firsts["single"]),
+                  "a one-job sweep's first training step against the same job alone")
+        if "jobs" in parts or "report" in parts:
+            results: dict[str, dict[int, float]] = {"hexsweep": {}, "bare": {}, "launcher": {}}
+            sizes = (args.small, args.large) if "jobs" in parts else (args.small,)
+            for n in sizes:
+                seeds = ",".join(str(i) for i in range(n))
+                t = best({
+                    "hexsweep": hexsweep_cmd("-m", f"seed={seeds}", "trainer.epochs=0", *TINY, out,
+                                             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/noop-{n}"),
+                    "bare": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             f"hydra.sweep.dir={tmp}/bare-{n}"],
+                    "launcher": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=hexsweep",
+                                 "hydra.launcher.n_jobs=2", "hydra.launcher.progress=off",
+                                 f"hydra.sweep.dir={tmp}/launcher-{n}"],
+                }, args.repeats, cwd=tmp)
+                for k, v in t.items():
+                    results[k][n] = v
+            if "jobs" in parts:
+                slope = {k: (v[args.large] - v[args.small]) / (args.large - args.small) for k, v in results.items()}
+                ratio("per job: launcher / joblib", slope["launcher"], slope["bare"], "a bare app", "<= 1.2")
+                ratio("per job: hexsweep.train / joblib", slope["hexsweep"], slope["bare"], "no-op jobs", "<= 2")
+                for k in ("hexsweep", "launcher"):
+                    fixed = results[k][args.small] - slope[k] * args.small
+                    print(f"{'':32s} {k}: fixed start-up {fixed:.2f} s (joblib's "
+                          f"{results['bare'][args.small] - slope['bare'] * args.small:.2f} s)")
+                ratio(f"whole sweep of {args.large}: hexsweep / joblib", results["hexsweep"][args.large],
+                      results["bare"][args.large], "no-op jobs")
+            ratio(f"whole sweep of {args.small}: hexsweep / joblib", results["hexsweep"][args.small],
+                  results["bare"][args.small], "no-op jobs", "<= 2.0")
+        if "report" in parts:
+            for n in (4, 20, 200):
+                make_jobs(Path(tmp) / f"jobs-{n}", n)
+            cmds = {"base": [PY, "-c", "import pandas, matplotlib.pyplot"],
+                    **{f"{n} jobs": [PY, "-m", "hexsweep.analyze", f"{tmp}/jobs-{n}"] for n in (4, 20, 200)},
+                    f"{args.small} no-op jobs": [PY, "-m", "hexsweep.analyze", f"{tmp}/noop-{args.small}"]}
+            t = best(cmds, args.repeats, cwd=tmp)
+            for name in cmds:
+                if name != "base":
+                    target = "<= 2" if name != "200 jobs" else ""
+                    ratio(f"analyze {name} / pandas+pyplot", t[name], t["base"], "report", target)
+        if "gain" in parts:
+            epochs = ("trainer.epochs=12", *TINY, out)
+            seeds = "seed=0,1,2,3"
+            runs: dict[str, list[float]] = {"seq": [], "par": [], "one": [], "two": []}
+            for i in range(max(1, args.repeats - 1)):
+                runs["seq"].append(run_timed(hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=1",
+                                                          f"hydra.sweep.dir={tmp}/seq-{i}"))[0])
+                runs["par"].append(run_timed(hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=2",
+                                                          f"hydra.sweep.dir={tmp}/par-{i}"))[0])
+                for k, threads in (("one", 1), ("two", 2)):
+                    run_timed(hexsweep_cmd("-m", "seed=0", *epochs, f"num_threads={threads}",
+                                           "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={tmp}/{k}-{i}"))
+                    runs[k].append(job_seconds(Path(tmp) / f"{k}-{i}")[0])
+            gain = min(runs["seq"]) / min(runs["par"])
+            ceiling = 2 * min(runs["two"]) / min(runs["one"])
+            print(f"{'parallel gain / ceiling':32s} {gain:7.2f}x / {ceiling:5.2f}x = {gain / ceiling:5.2f}  "
+                  f"(sequential {min(runs['seq']):.1f} s, n_jobs=2 {min(runs['par']):.1f} s; one job alone "
+                  f"{min(runs['two']):.1f} s with 2 threads, {min(runs['one']):.1f} s with 1)  target >= 0.9: "
+                  f"{'met' if gain / ceiling >= 0.9 else 'MISSED'}", flush=True)
+    print(f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
