@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from sweep_helpers import sweep_cmd
 
@@ -207,3 +208,23 @@ def test_the_report_warns_when_jobs_ran_on_different_code_or_packages(tmp_path):
     for name in ("0", "1"):
         good(same, name, 1.0)
     assert write_report(aggregate([same]), same, [same])["provenance_warning"] is None
+
+
+def test_analyze_skips_symlink_loops_in_a_sweep_folder_by_name(tmp_path):
+    """Links that loop (to themselves, to each other) beside the job folders: each is named and
+    skipped, the jobs are analysed, and no ELOOP traceback."""
+    sweep = tmp_path / "sweep"
+    good(sweep, "0", 1.0)
+    good(sweep, "1", 0.5)
+    (sweep / "loop").symlink_to("loop")
+    (sweep / "a").symlink_to("b")
+    (sweep / "b").symlink_to("a")
+    (sweep / "0" / "again").symlink_to("again")  # inside a job folder too
+    out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(sweep)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    for name in ("loop", "a", "b"):
+        assert f"skipped {sweep / name}: Too many levels of symbolic links" in out.stderr
+    assert "2 jobs: 2 completed" in out.stdout
+    assert sorted(pd.read_csv(sweep / "results.csv")["job_num"]) == [0, 1]

@@ -10,6 +10,7 @@ the same experiment with other overrides stays distinguishable.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -28,6 +29,8 @@ METRIC_KEYS = ("val_objective", "val_loss", "val_policy_loss", "val_value_loss",
                "val_value_acc_early", "val_value_acc_middle", "val_value_acc_late", "strength")
 OK = ("completed", "pruned")
 
+log = logging.getLogger(__name__)
+
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Subfolders that are job folders (hold a result or Hydra's .hydra), numerically sorted.
@@ -37,7 +40,12 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     out = []
     with os.scandir(sweep_dir) as it:
         for entry in it:
-            if entry.is_dir() and not entry.name.startswith("."):
+            try:
+                is_dir = entry.is_dir()
+            except OSError as e:  # a symbolic link loop (ELOOP), a folder we may not enter
+                log.warning("skipped %s: %s", entry.path, e.strerror or e)
+                continue
+            if is_dir and not entry.name.startswith("."):
                 path = entry.path
                 if os.path.exists(os.path.join(path, RESULT_FILE)) or os.path.isdir(os.path.join(path, ".hydra")):
                     out.append(path)
