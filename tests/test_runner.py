@@ -133,6 +133,44 @@ def test_interrupt_escalates_to_sigkill_for_a_job_deaf_to_sigint(tmp_path, data)
     assert free_slots(tmp_path)
 
 
+def test_a_closed_terminal_sighup_ends_the_sweep_like_sigterm(tmp_path, data):
+    """A closed terminal sends SIGHUP to the sweep's whole process group (driver, job server,
+    resource tracker): the jobs are interrupted, the report written, the resume line printed,
+    exit 130, and no traceback (the server and tracker ignore it)."""
+    with launched(sweep_cmd(tmp_path, data, "seed=0,1", "trainer.epochs=5", "fault.sleep_s_per_epoch=1",
+                            "hydra.launcher.n_jobs=2"), start_new_session=True) as proc:
+        jobs = [wait_for(lambda j=j: running_with_slot(tmp_path, j), timeout=120) for j in ("0", "1")]
+        sweep = sweep_dirs(tmp_path)[0]
+        wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
+        os.killpg(proc.pid, signal.SIGHUP)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyError" not in err
+    assert f"resume with: hydra.sweep.dir={sweep} resume=true" in err
+    assert (sweep / "report.md").exists()
+    assert {read_result(sweep / j)["status"] for j in ("0", "1")} == {"interrupted"}
+    assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE
+                   for r in jobs)
+
+
+def test_sigterm_while_the_report_is_written_waits_for_the_report(tmp_path, data):
+    """SIGTERM after the last job ended, while the driver writes the report (results.csv is its
+    first file, report.md its last): the report is finished, then the sweep ends as an
+    interrupted one does (resume line, 130), not killed without its report."""
+    with launched(sweep_cmd(tmp_path, data, "seed=0,1", "trainer.epochs=1", "hydra.launcher.n_jobs=2")) as proc:
+        table = wait_for(lambda: next((tmp_path / "multirun").glob("*/*/results.csv"), None), timeout=240,
+                         poll=0.005)
+        written = (table.parent / "report.md").exists()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert not written  # the signal came during the report
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "SIGTERM: the jobs have ended; writing the report first" in err
+    assert (table.parent / "report.md").exists()
+    assert f"resume with: hydra.sweep.dir={table.parent} resume=true" in err.splitlines()[-1]
+
+
 def test_a_second_interrupt_kills_at_once(tmp_path, data):
     proc = start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=3600",
                  "hydra.launcher.stall_timeout_s=null")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from hexsweep import tracking
 from hexsweep.jobfolder import RESULT_FILE, read_result
 from hexsweep.report.end import end_sweep
+from hexsweep.sweep import stopping
 from hexsweep.sweep.ray_options import fix_stock_ray_init
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,13 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        if self._pending is not None:
-            self._pending = None
-            atexit.unregister(self._finish_at_exit)
-            finish_tracking(config, sweep_dir)
-        if not sweep_dir.exists():
-            return
-        optuna_search = "hexsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
-        if status := end_sweep(sweep_dir, search=optuna_search):
-            raise SystemExit(status)
+        with stopping.finishing(sweep_dir):  # a stop request now waits for the report (sweep/stopping.py)
+            if self._pending is not None:
+                self._pending = None
+                atexit.unregister(self._finish_at_exit)
+                finish_tracking(config, sweep_dir)
+            if not sweep_dir.exists():
+                return
+            optuna_search = "hexsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
+            if status := end_sweep(sweep_dir, search=optuna_search):
+                raise SystemExit(status)

@@ -9,9 +9,10 @@ jobs come from the job server (sweep/process.py). Every wait ends:
 - ``hydra.launcher.stall_timeout_s``: a job whose heartbeat (hexsweep.heartbeat, beaten by
   the training loop's main thread) has not moved for that long is killed and recorded
   ``stalled``: a deadlocked or SIGSTOPped job frees its slot and the sweep goes on.
-- Ctrl-C / SIGTERM: running jobs get SIGINT; one still alive ``hydra.launcher.kill_grace_s``
+- Ctrl-C / SIGTERM / SIGHUP: running jobs get SIGINT; one still alive ``hydra.launcher.kill_grace_s``
   later gets SIGKILL; a second Ctrl-C kills at once. The driver then reports what finished
-  and raises SweepInterrupted (the plugin turns it into exit status 130).
+  and raises SweepInterrupted (the plugin turns it into exit status 130). After the last job
+  ended, a request waits for the report (sweep/stopping.py).
 """
 
 from __future__ import annotations
@@ -269,8 +270,9 @@ class SweepDriver:
     # ---- the loop ------------------------------------------------------------------------
     def run(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
         """Keep up to n_jobs running, taking configs from ``feed`` (None: nothing more for now),
-        until ``feed`` has nothing and no job runs. Raises SweepInterrupted on Ctrl-C/SIGTERM."""
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        until ``feed`` has nothing and no job runs. Raises SweepInterrupted on Ctrl-C/SIGTERM/SIGHUP
+        (a closed terminal: the job server and resource tracker ignore it, sweep/process.py)."""
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with self.progress:
                 try:
@@ -286,7 +288,8 @@ class SweepDriver:
                       flush=True)
                 raise SweepInterrupted("interrupted")
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _loop(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:
         more = True

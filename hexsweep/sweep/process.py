@@ -79,9 +79,15 @@ def context(preload: list[str]) -> Any:
         # set per job; numpy's own BLAS calls in a job then run on one thread.
         saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")}
         os.environ.update({k: "1" for k in saved})
+        # A closed terminal sends SIGHUP to its whole process group: the server and the resource
+        # tracker it starts would die of it (multiprocessing makes them ignore only SIGINT and
+        # SIGTERM), and the jobs' trackers then print KeyError tracebacks. An ignored signal stays
+        # ignored across exec, so they start with it ignored; the driver handles SIGHUP itself.
+        hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             forkserver.ensure_running()  # fork+exec now, while the driver composes the jobs
         finally:
+            signal.signal(signal.SIGHUP, hup)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -260,6 +266,7 @@ def _job_main(blob: tuple[bytes, bytes], conn: Connection, beat: Any) -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # ignored only by the server (context())
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals

@@ -65,23 +65,37 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def exit_on_error(fn: Callable[[], Any]) -> Any:
+def exit_on_error(fn: Callable[[], Any], reports: bool = False) -> Any:
     """The launcher is an entry point: a bad job config exits 2 with one line; an interrupted
-    sweep (reported, resume command printed) exits 130, also when a second SIGTERM lands
-    while the report is written."""
+    sweep (reported, resume command printed) exits 130, also when a second SIGTERM (or SIGHUP)
+    lands while the report is written. ``reports``: Hydra's end-of-sweep callback writes the
+    report after the jobs; a stop request from their end on waits for it (sweep/stopping.py)."""
     from hexsweep.cli import fail
     from hexsweep.errors import HexsweepError
+    from hexsweep.sweep import stopping
     from hexsweep.sweep.driver import SweepInterrupted
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    ended = False
     try:
-        return fn()
+        out = fn()
+        ended = True
+        return out
     except (SweepInterrupted, KeyboardInterrupt):
         raise SystemExit(130) from None
     except HexsweepError as e:
         fail(str(e), getattr(e, "exit_code", 2))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if ended and reports:
+            stopping.defer()
+
+
+def reports_at_end(config: Any) -> bool:
+    """Whether hexsweep's end-of-sweep callback (the report) runs after this sweep's jobs."""
+    callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
+    return any(str(c.get("_target_", "")).endswith(".SweepReport") for c in callbacks.values())
 
 
 def check_params(params: dict) -> None:
@@ -110,4 +124,5 @@ class HexsweepLauncher(JobConfigLauncher):
         from hexsweep.sweep import launcher
 
         check_params(self.params)
-        return exit_on_error(lambda: launcher.launch(self, job_overrides, initial_job_idx))
+        return exit_on_error(lambda: launcher.launch(self, job_overrides, initial_job_idx),
+                             reports=reports_at_end(self.config))

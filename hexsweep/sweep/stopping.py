@@ -1,0 +1,71 @@
+"""A stop request that comes when nothing is left to stop: after the sweep's last job ended.
+
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) during a sweep stop its jobs, and the driver then
+writes the report and exits 130 (sweep/driver.py). Once the last job has ended, the driver is
+writing the report, the table and the trackers' parent run (Hydra's ``on_multirun_end``):
+killing it then would lose exactly those, and leave an MLflow parent run RUNNING. So a
+request from then on is remembered, the end is written, and the sweep then ends as an
+interrupted one does: the resume line, exit status 130. A second request skips what is left
+of the end at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_requested: str | None = None
+_previous: dict[int, Any] | None = None
+
+
+def _remember(signum: int, frame: Any) -> None:
+    global _requested
+    name = signal.Signals(signum).name
+    if _requested is not None:
+        raise KeyboardInterrupt(f"signal {name}")
+    _requested = name
+    print(f"\n[hexsweep] {name}: the jobs have ended; writing the report first ({name} again skips it)",
+          file=sys.stderr, flush=True)
+
+
+def defer() -> None:
+    """From now on a stop request is remembered, not obeyed (until ``finishing`` ends)."""
+    global _previous
+    if _previous is None:
+        _previous = {sig: signal.signal(sig, _remember) for sig in STOP_SIGNALS}
+
+
+def _restore() -> None:
+    global _previous
+    if _previous is not None:
+        for sig, handler in _previous.items():
+            signal.signal(sig, handler)
+        _previous = None
+
+
+@contextmanager
+def finishing(sweep_dir: Path) -> Iterator[None]:
+    """Write the end of a finished sweep; a stop request meanwhile (or since ``defer``) is
+    honoured after it: the resume line and exit status 130 replace the sweep's own status."""
+    global _requested
+    defer()
+    try:
+        try:
+            yield
+        except KeyboardInterrupt:  # the second request: what is left of the end is skipped
+            print("[hexsweep] report skipped (interrupted again)", file=sys.stderr, flush=True)
+        except SystemExit:  # the sweep's own exit status (failed jobs): a stop request outranks it
+            if _requested is None:
+                raise
+    finally:
+        _restore()
+        requested, _requested = _requested, None
+    if requested is not None:
+        print(f"[hexsweep] resume with: hydra.sweep.dir={sweep_dir} resume=true", file=sys.stderr, flush=True)
+        raise SystemExit(130)
