@@ -253,3 +253,50 @@ def test_a_plain_apps_job_sees_only_its_slots_gpu(two_gpus, tmp_path, monkeypatc
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # the next job's own process, with the sweep's env
         with assign.assign(want) as second:
             assert (second.slot.name, os.environ["CUDA_VISIBLE_DEVICES"]) == ("gpu1-0", "5")
+
+
+def _admitted_cfg(tmp_path, ram_mb, wait_timeout_s):
+    """A CPU job's config that asks for ``ram_mb`` of RAM (resources.ram_mb)."""
+    return _cfg(device="cpu", num_threads=None, resources=SimpleNamespace(
+        slots="auto", lock_dir=str(tmp_path / "locks"), cpu_slots=None, wait_timeout_s=wait_timeout_s,
+        sample_interval_s=60, ram_mb=ram_mb, gpu_mem_mb=None), paths=SimpleNamespace(outputs=str(tmp_path)))
+
+
+def _fake_available_ram(monkeypatch, readings_mb):
+    """psutil's available RAM, one reading per call from ``readings_mb`` (the last one repeats);
+    returns the list of readings taken."""
+    taken = []
+
+    def virtual_memory():
+        taken.append(readings_mb[min(len(taken), len(readings_mb) - 1)])
+        return SimpleNamespace(available=taken[-1] * 2**20)
+
+    monkeypatch.setattr(admission.psutil, "virtual_memory", virtual_memory)
+    return taken
+
+
+def test_a_job_whose_memory_cannot_fit_times_out_in_admission(monkeypatch, tmp_path):
+    """job_resources waits for the RAM the job needs; it never frees: AdmissionTimeout, and the
+    slot it held is free again."""
+    monkeypatch.setattr(jobres.admission, "job_signature", lambda cfg: {})
+    monkeypatch.setattr(assign, "gpu_count", lambda: 0)
+    taken = _fake_available_ram(monkeypatch, [1_000])
+    (tmp_path / "job").mkdir()
+    with pytest.raises(admission.AdmissionTimeout, match=r"needs 5000 MB RAM, 1000 MB available \(configured\)"), \
+            jobres.job_resources(_admitted_cfg(tmp_path, 5_000, 0.1), tmp_path / "job", True, 1, {}):
+        pytest.fail("the job started without the memory it needs")
+    assert taken and read_holders(tmp_path / "locks") == []
+
+
+def test_admission_lets_the_job_start_once_memory_frees(monkeypatch, tmp_path):
+    """The first reading is short of the need, the next one fits: the job starts then, not before."""
+    monkeypatch.setattr(jobres.admission, "job_signature", lambda cfg: {})
+    monkeypatch.setattr(assign, "gpu_count", lambda: 0)
+    taken = _fake_available_ram(monkeypatch, [1_000, 8_000])
+    (tmp_path / "job").mkdir()
+    with jobres.job_resources(_admitted_cfg(tmp_path, 5_000, 60), tmp_path / "job", True, 1, {}) as res:
+        assert taken[:2] == [1_000, 8_000] and res.slot is not None
+    need = admission.Need(ram_mb=5_000, gpu_mem_mb=None, source="configured")
+    taken = _fake_available_ram(monkeypatch, [1_000, 1_000, 6_000])
+    admission.wait_for_memory(need, None, timeout_s=60, poll_s=0.01)
+    assert taken == [1_000, 1_000, 6_000]  # returned at the first reading that fits
