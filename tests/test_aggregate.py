@@ -26,6 +26,10 @@ def make_sweep(root):
         "1": _result("completed", 1.0, ["seed=1", "experiment=balanced_weights"]),
         "3": _result("running", None, ["seed=3"], pid=2**22 + 12345, host=__import__("socket").gethostname()),
         "5": _result("completed", 1.1, ["seed=0", "experiment=balanced_weights", "batch_size=64"]),
+        # jobs that ended badly: they are rows too, with their error (the report's failure list)
+        "7": _result("failed", float("nan"), ["seed=7"], error={"type": "InjectedFault", "message": "epoch 1"}),
+        "8": _result("oom", None, ["seed=8"], error={"type": "OutOfMemoryError", "message": "CUDA out of memory"}),
+        "9": _result("stalled", None, ["seed=9"], error={"type": "Stalled", "message": "made no progress for 900 s"}),
     }
     for name, r in jobs.items():
         (root / name).mkdir()
@@ -49,18 +53,27 @@ def test_broken_and_missing_job_folders_become_rows(tmp_path):
     assert df.loc[4, "ov.seed"] == "4"
     assert df.loc[3, "status"] == "crashed"  # running, but its process is gone
     assert df.loc[6, "status"] == "not_started"
+    assert (df.loc[7, "status"], df.loc[8, "status"], df.loc[9, "status"]) == ("failed", "oom", "stalled")
+    assert "InjectedFault" in df.loc[7, "error"] and "made no progress" in df.loc[9, "error"]
     # same experiment name, other overrides: separate rows and groups
     summary = write_report(aggregate([sweep]), sweep, [sweep])
     assert summary["best"]["job_num"] == 1
-    assert summary["by_status"] == {"completed": 3, "corrupt": 1, "missing": 1, "crashed": 1, "not_started": 1}
+    assert summary["by_status"] == {"completed": 3, "corrupt": 1, "missing": 1, "crashed": 1, "not_started": 1,
+                                    "failed": 1, "oom": 1, "stalled": 1}
+    assert {f["job_num"]: f["status"] for f in summary["failed"]} == {
+        2: "corrupt", 3: "crashed", 4: "missing", 6: "not_started", 7: "failed", 8: "oom", 9: "stalled"}
     groups = summary["groups"]
     assert groups["experiment=balanced_weights"]["n"] == 2
     assert groups["experiment=balanced_weights"]["mean"] == 1.1
     assert groups["batch_size=64 experiment=balanced_weights"]["n"] == 1
-    back = pd.read_parquet(sweep / "results.parquet")
-    assert len(back) == 7 and set(back["status"]) == {"completed", "corrupt", "missing", "crashed", "not_started"}
-    assert back.equals(pd.read_parquet(sweep / "results.parquet"))
-    assert json.loads((sweep / "summary.json").read_text())["total"] == 7
+    # the Parquet table, read back, against what the job folders hold (not against itself)
+    back = pd.read_parquet(sweep / "results.parquet").set_index("job_num")
+    assert back["status"].to_dict() == {0: "completed", 1: "completed", 2: "corrupt", 3: "crashed", 4: "missing",
+                                        5: "completed", 6: "not_started", 7: "failed", 8: "oom", 9: "stalled"}
+    assert back["objective"].dropna().to_dict() == {0: 1.2, 1: 1.0, 5: 1.1}
+    assert back.loc[8, "error"] == df.loc[8, "error"] and "CUDA out of memory" in back.loc[8, "error"]
+    assert back.loc[5, "ov.batch_size"] == "64" and back.loc[0, "ov.seed"] == "0"
+    assert json.loads((sweep / "summary.json").read_text())["total"] == 10
 
 
 def test_analyze_merges_sweeps_from_several_folders(tmp_path):
@@ -68,9 +81,10 @@ def test_analyze_merges_sweeps_from_several_folders(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(a), str(b), "--out", str(tmp_path / "m")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "14 jobs: 6 completed, 2 corrupt, 2 crashed, 2 missing, 2 not_started" in out.stdout
+    assert "20 jobs: 6 completed, 2 corrupt, 2 crashed, 2 failed, 2 missing, 2 not_started, 2 oom, 2 stalled" \
+        in out.stdout
     df = pd.read_csv(tmp_path / "m" / "results.csv")
-    assert set(df["sweep"]) == {str(a), str(b)} and len(df) == 14
+    assert set(df["sweep"]) == {str(a), str(b)} and len(df) == 20
     bad = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("hexsweep: error: ")
