@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
+from sweep_helpers import kill_tree, popen
 
 from hexsweep.cli import compose
 from hexsweep.data.generate import ensure_dataset
@@ -44,3 +45,21 @@ def tiny_cfg(tmp_path, data_root, tiny_dataset):
         return cfg
 
     return make
+
+
+@pytest.fixture
+def spawn():
+    """Start processes the test owns (``sweep_helpers.popen``): when the test ends, however it
+    ends, each of them and every process it started is killed, so a failed test leaves no
+    driver, job server or stopped job running."""
+    started = []
+
+    def start(cmd, **kwargs):
+        started.append(popen(cmd, **kwargs))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            kill_tree(proc, *proc.also)

@@ -45,15 +45,21 @@ def kill_tree(proc: subprocess.Popen, *also: psutil.Process) -> None:
         proc.communicate(timeout=30)  # reap it, close its pipes
 
 
-@contextlib.contextmanager
-def launched(cmd: list[str], **popen: object) -> Iterator[subprocess.Popen]:
-    """``subprocess.Popen(cmd)`` with text pipes; when the block ends, however it ends, the command
-    and everything it started are killed (``kill_tree``). A test that stops a job adds it with
-    ``proc.also.append(psutil.Process(pid))``."""
-    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
-    proc = subprocess.Popen(cmd, **popen)  # type: ignore[call-overload]
+def popen(cmd: list[str], **kwargs: object) -> subprocess.Popen:
+    """``subprocess.Popen(cmd)``, with text pipes unless told otherwise, ready for ``kill_tree``. A
+    test that stops a job, or orphans it, adds it with ``proc.also.append(psutil.Process(pid))``."""
+    kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kwargs}
+    proc = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
     proc.watched = psutil.Process(proc.pid)  # type: ignore[attr-defined]
     proc.also = []  # type: ignore[attr-defined]
+    return proc
+
+
+@contextlib.contextmanager
+def launched(cmd: list[str], **kwargs: object) -> Iterator[subprocess.Popen]:
+    """``popen(cmd)``; when the block ends, however it ends, the command and everything it started
+    are killed (``kill_tree``). The ``spawn`` fixture (conftest.py) does the same for a whole test."""
+    proc = popen(cmd, **kwargs)
     try:
         yield proc
     finally:

@@ -116,7 +116,7 @@ def test_names_and_an_unwritable_outputs_root_are_one_line_before_hydra(tmp_path
 
 
 @pytest.mark.slow
-def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_root, tiny_dataset):
+def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_root, tiny_dataset, spawn):
     """The resume command run while the first driver still runs: refused in one line naming the
     live driver; with resume=wait it waits for it. The live job never runs twice."""
     import json
@@ -126,8 +126,7 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
     from sweep_helpers import running_with_slot, sweep_dirs, wait_for
 
     args = ["trainer.epochs=3", "fault.sleep_s_per_epoch=1", "seed=0"]
-    first = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = spawn(sweep_cmd(tmp_path, data_root, *args))
     wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
     sweep = sweep_dirs(tmp_path)[0]
     second = subprocess.run(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=true"),
@@ -135,8 +134,7 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith(
         f"hexsweep: error: {sweep} is being run by another driver (pid {first.pid} on {socket.gethostname()}")
-    waiting = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=wait"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = spawn(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=wait"))
     time.sleep(2)
     assert waiting.poll() is None  # still waiting for the first driver
     _, err = first.communicate(timeout=300)

@@ -43,10 +43,9 @@ def driver(outputs, data, url, study, n_trials, *extra):
                      "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4", *extra)
 
 
-def test_two_drivers_share_one_study(tmp_path, data_root, tiny_dataset, pg_url):
+def test_two_drivers_share_one_study(tmp_path, data_root, tiny_dataset, pg_url, spawn):
     a, b = tmp_path / "a", tmp_path / "b"
-    procs = [subprocess.Popen(driver(o, data_root, pg_url, "shared", 4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for o in (a, b)]
+    procs = [spawn(driver(o, data_root, pg_url, "shared", 4)) for o in (a, b)]
     for p in procs:
         _, err = p.communicate(timeout=400)
         assert p.returncode == 0, err
@@ -72,11 +71,10 @@ def test_two_drivers_share_one_study(tmp_path, data_root, tiny_dataset, pg_url):
     assert len(pd.read_csv(tmp_path / "m" / "results.csv")) == len(numbers)
 
 
-def test_a_killed_driver_leaves_its_trials_to_the_heartbeat(tmp_path, data_root, tiny_dataset, pg_url):
+def test_a_killed_driver_leaves_its_trials_to_the_heartbeat(tmp_path, data_root, tiny_dataset, pg_url, spawn):
     a, b = tmp_path / "a", tmp_path / "b"
     slow = ["fault.sleep_s_per_epoch=3"]
-    victim = subprocess.Popen(driver(a, data_root, pg_url, "killed", 4, *slow), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    victim = spawn(driver(a, data_root, pg_url, "killed", 4, *slow))
     storage = optuna.storages.RDBStorage(pg_url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -102,10 +102,10 @@ def test_the_stock_ray_launcher_joins_a_running_cluster(tmp_path, data_root, tin
     assert sorted(df["status"]) == ["completed", "completed"]
 
 
-def test_a_killed_ray_worker_is_recorded_crashed(tmp_path, data_root, tiny_dataset, ray_head):
+def test_a_killed_ray_worker_is_recorded_crashed(tmp_path, data_root, tiny_dataset, ray_head, spawn):
     cmd = [c for c in sweep_cmd(tmp_path, data_root, *CPU_CLUSTER, "fault.sleep_s_per_epoch=2", "seed=1,2")
            if c != "hydra.launcher.progress=off"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cmd)
 
     def victim():
         dirs = sweep_dirs(tmp_path)

@@ -35,10 +35,16 @@ def test_slots_are_exclusive_across_processes(tmp_path):
     log_path = tmp_path / "log.jsonl"
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_hold, args=(tmp_path / "locks", log_path, i, 0.3)) for i in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+    finally:  # a worker stuck on a lock must not outlive the test
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(rows) == 6 and {r["slot"] for r in rows} <= {"cpu-0", "cpu-1"}
     for a in rows:
@@ -54,11 +60,11 @@ def test_slots_are_exclusive_across_processes(tmp_path):
     assert peak <= 2
 
 
-def test_a_killed_holder_frees_its_slot(tmp_path):
+def test_a_killed_holder_frees_its_slot(tmp_path, spawn):
     code = ("import sys,time; from pathlib import Path; from hexsweep.resources.slots import SlotPool; "
             "s=SlotPool(Path(sys.argv[1]),[],1,1,2).acquire(); s.describe({'experiment':'x'}); "
             "print('held', flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = spawn([sys.executable, "-c", code, str(tmp_path)], stderr=None)
     assert holder.stdout.readline().strip() == "held"
     pool = SlotPool(tmp_path, [], 1, 1, 2)
     assert pool.try_acquire() is None

@@ -48,11 +48,10 @@ def whole(tmp_path_factory, data_root, tiny_dataset):
     return run
 
 
-def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, whole):
+def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, whole, spawn):
     slow = SLOW
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(tmp_path, data_root, cut, slow), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = spawn(train_cmd(tmp_path, data_root, cut, slow))
     wait_for(lambda: (cut / "metrics.jsonl").exists(), timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -80,13 +79,12 @@ def test_a_changed_config_starts_afresh_and_says_which_keys(tmp_path, data_root,
     assert [r["epoch"] for r in metrics(run)] == [1, 2] and "resumed_from_epoch" not in read_result(run)
 
 
-def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny_dataset):
+def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny_dataset, spawn):
     """Ctrl-C of a sweep, then its resume command: the interrupted job continues from its
     last.pt (every 2 steps here) instead of epoch 0; the completed one is skipped."""
     args = ["trainer.epochs=3,8", "fault.sleep_s_per_epoch=0.5", "trainer.checkpoint_every_steps=2",
             "hydra.launcher.n_jobs=2", "num_threads=1"]
-    proc = subprocess.Popen(sweep_cmd(tmp_path, data_root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = spawn(sweep_cmd(tmp_path, data_root, *args))
     wait_for(lambda: running_with_slot(tmp_path, "1"), timeout=120)
     sweep = sweep_dirs(tmp_path)[0]
     wait_for(lambda: read_result(sweep / "0") and read_result(sweep / "0")["status"] == "completed", timeout=180)
@@ -104,7 +102,8 @@ def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny
     assert [m["epoch"] for m in metrics(sweep / "1")] == list(range(1, r["epochs_run"] + 1))
 
 
-def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped(tmp_path, data_root, whole):
+def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped(tmp_path, data_root, whole,
+                                                                                   spawn):
     """Through Hydra's submitit launcher and submitit's local executor: the signal submitit sends
     before a time limit or preemption (USR2) arrives mid-training; the job saves its state at the
     next step, submitit checkpoints and requeues it, and the requeued job continues from last.pt
@@ -112,8 +111,7 @@ def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopp
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     cmd = [c for c in train_cmd(tmp_path, data_root, whole, SLOW) if not c.startswith("hydra.run.dir=")]
-    proc = subprocess.Popen([*cmd[:3], "-m", *cmd[3:], "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn([*cmd[:3], "-m", *cmd[3:], "hydra/launcher=local", f"hydra.sweep.dir={sweep}"])
     job = sweep / "0"
     wait_for(lambda: (job / "metrics.jsonl").exists(), timeout=180)
     first = read_result(job)

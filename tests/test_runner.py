@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pandas as pd
@@ -33,8 +32,8 @@ def data(data_root, tiny_dataset):
 
 
 def start(outputs, data, *overrides):
-    return subprocess.Popen(sweep_cmd(outputs, data, *overrides), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """The sweep's driver, killed with everything it started when the test's block ends."""
+    return launched(sweep_cmd(outputs, data, *overrides))
 
 
 def free_slots(outputs) -> bool:
@@ -61,11 +60,12 @@ def test_jobs_come_from_a_single_threaded_server_not_the_driver(hydra_sweep_runn
 def test_a_stopped_job_is_killed_as_stalled_and_frees_its_slot(tmp_path, data):
     """SIGSTOP freezes a job (its sampler thread too); the watchdog kills it, records it
     ``stalled``, frees its slot, and the other job finishes."""
-    proc = start(tmp_path, data, "trainer.epochs=30,2", "fault.sleep_s_per_epoch=0.5", "hydra.launcher.n_jobs=2",
-                 "hydra.launcher.stall_timeout_s=5")
-    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
-    os.kill(r["pid"], signal.SIGSTOP)
-    out, err = proc.communicate(timeout=180)
+    with start(tmp_path, data, "trainer.epochs=30,2", "fault.sleep_s_per_epoch=0.5", "hydra.launcher.n_jobs=2",
+               "hydra.launcher.stall_timeout_s=5") as proc:
+        r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+        proc.also.append(psutil.Process(r["pid"]))  # a stopped job ignores its parent's death: killed at the end
+        os.kill(r["pid"], signal.SIGSTOP)
+        out, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err
     sweep = sweep_dirs(tmp_path)[0]
     assert read_result(sweep / "0")["status"] == "stalled"
@@ -119,13 +119,14 @@ def test_a_job_that_blocks_for_ever_is_stalled_and_resume_reruns_it(tmp_path, da
 
 
 def test_interrupt_escalates_to_sigkill_for_a_job_deaf_to_sigint(tmp_path, data):
-    proc = start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=2",
-                 "hydra.launcher.stall_timeout_s=null")
-    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
-    sweep = sweep_dirs(tmp_path)[0]
-    wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)  # now it hangs
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    with start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=2",
+               "hydra.launcher.stall_timeout_s=null") as proc:
+        r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+        proc.also.append(psutil.Process(r["pid"]))
+        sweep = sweep_dirs(tmp_path)[0]
+        wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)  # now it hangs
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with: hydra.sweep.dir=" in err
     assert read_result(sweep / "0")["status"] == "interrupted"
@@ -172,15 +173,16 @@ def test_sigterm_while_the_report_is_written_waits_for_the_report(tmp_path, data
 
 
 def test_a_second_interrupt_kills_at_once(tmp_path, data):
-    proc = start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=3600",
-                 "hydra.launcher.stall_timeout_s=null")
-    wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
-    sweep = sweep_dirs(tmp_path)[0]
-    wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)  # not the hour of kill_grace_s
+    with start(tmp_path, data, "fault.hang_at_epoch=1", "hydra.launcher.kill_grace_s=3600",
+               "hydra.launcher.stall_timeout_s=null") as proc:
+        r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+        proc.also.append(psutil.Process(r["pid"]))  # deaf to SIGINT: only a kill ends it
+        sweep = sweep_dirs(tmp_path)[0]
+        wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)  # not the hour of kill_grace_s
     assert proc.returncode == 130, err
     assert read_result(sweep / "0")["status"] == "interrupted"
 
@@ -200,15 +202,16 @@ def test_the_sqlite_search_that_deadlocked_finishes(tmp_path, data, attempt):
 def test_a_killed_driver_takes_its_jobs_down(tmp_path, data):
     """kill -9 of the driver: the job server sees its driver gone and exits, and each job,
     losing its parent, stops (recorded interrupted) and frees its slot. No job runs on orphaned."""
-    proc = start(tmp_path, data, "fault.sleep_s_per_epoch=5", "trainer.epochs=20")
-    r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
-    server = psutil.Process(r["pid"]).ppid()  # hexsweep.train's job server, with torch imported:
-    assert server != proc.pid and psutil.Process(server).num_threads() == 1  # still single-threaded
-    proc.kill()
-    proc.wait()
-    sweep = sweep_dirs(tmp_path)[0]
-    wait_for(lambda: read_result(sweep / "0")["status"] != "running", timeout=60)
-    assert read_result(sweep / "0")["status"] == "interrupted"
-    wait_for(lambda: not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE,
-             timeout=30)
-    assert free_slots(tmp_path)
+    with start(tmp_path, data, "fault.sleep_s_per_epoch=5", "trainer.epochs=20") as proc:
+        r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
+        job = psutil.Process(r["pid"])
+        server = job.parent()  # hexsweep.train's job server, with torch imported:
+        proc.also += [job, server]  # orphaned once the driver dies: killed at the end if they outlive it
+        assert server.pid != proc.pid and server.num_threads() == 1  # still single-threaded
+        proc.kill()
+        proc.wait()
+        sweep = sweep_dirs(tmp_path)[0]
+        wait_for(lambda: read_result(sweep / "0")["status"] != "running", timeout=60)
+        assert read_result(sweep / "0")["status"] == "interrupted"
+        wait_for(lambda: not job.is_running() or job.status() == psutil.STATUS_ZOMBIE, timeout=30)
+        assert free_slots(tmp_path)

@@ -340,7 +340,7 @@ def test_trials_that_cannot_start_count_as_failures(tmp_path, data):
     assert [t.user_attrs["fail_status"] for t in load(tmp_path).trials] == ["invalid", "invalid"]
 
 
-def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_path, data):
+def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_path, data, spawn):
     """Ctrl-C of a search, then the same command with hydra.sweep.dir=<its folder> resume=true:
     each interrupted trial continues from its last.pt in its own trial, its reported epochs kept
     and each epoch reported once; the search still has n_trials trials and they all complete."""
@@ -352,7 +352,7 @@ def test_an_interrupted_search_resumed_in_its_folder_continues_its_trials(tmp_pa
             "fault.sleep_s_per_epoch=1", "num_threads=1", "hydra.sweeper.pruner.name=median"]
     cmd = sweep_cmd(tmp_path, data, "hydra/sweeper=hexsweep_optuna", "hydra.sweeper.study_name=s",
                     "hydra.sweeper.n_jobs=2", *args)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cmd)
 
     def reported_twice() -> bool:
         try:

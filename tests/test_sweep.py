@@ -2,7 +2,6 @@
 
 import os
 import signal
-import subprocess
 
 import matplotlib.image as mpimg
 import pandas as pd
@@ -25,13 +24,11 @@ def data(data_root, tiny_dataset):
     return data_root
 
 
-def test_raising_and_killed_jobs_do_not_stop_the_sweep(tmp_path, data):
+def test_raising_and_killed_jobs_do_not_stop_the_sweep(tmp_path, data, spawn):
     """4 jobs on 2 slots: job 0 and 1 raise, job 3 is kill -9'ed while training; job 2 completes.
     The sweep still runs every job, aggregates, reports and exits 1 with a one-line summary."""
-    proc = subprocess.Popen(
-        sweep_cmd(tmp_path, data, "fault.raise_at_epoch=1,null", "fault.sleep_s_per_epoch=0,4",
-                  "hydra.launcher.n_jobs=2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(sweep_cmd(tmp_path, data, "fault.raise_at_epoch=1,null", "fault.sleep_s_per_epoch=0,4",
+                           "hydra.launcher.n_jobs=2"))
     victim = wait_for(lambda: running_with_slot(tmp_path, "3"), timeout=180)
     os.kill(victim["pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
@@ -62,10 +59,9 @@ def test_raising_and_killed_jobs_do_not_stop_the_sweep(tmp_path, data):
         assert image.shape[0] > 100 and image.std() > 0  # a real picture, not a blank file
 
 
-def test_interrupt_then_resume_runs_only_unfinished_jobs(tmp_path, data):
+def test_interrupt_then_resume_runs_only_unfinished_jobs(tmp_path, data, spawn):
     overrides = ["fault.sleep_s_per_epoch=0,3", "seed=0,1", "hydra.launcher.n_jobs=2"]
-    proc = subprocess.Popen(sweep_cmd(tmp_path, data, *overrides), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = spawn(sweep_cmd(tmp_path, data, *overrides))
     def fast_jobs_done_slow_one_running():
         if not running_with_slot(tmp_path, "2"):
             return False
@@ -92,9 +88,9 @@ def test_interrupt_then_resume_runs_only_unfinished_jobs(tmp_path, data):
     assert len(sweep_dirs(tmp_path)) == 1
 
 
-def test_same_second_sweeps_get_their_own_folders(tmp_path, data):
+def test_same_second_sweeps_get_their_own_folders(tmp_path, data, spawn):
     cmd = sweep_cmd(tmp_path, data, "trainer.epochs=0", "strength.games=0", "seed=0,1")
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [spawn(cmd) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err
