@@ -19,6 +19,7 @@ from hexsweep.devices import is_oom
 from hexsweep.resources import admission, assign, mps
 from hexsweep.resources.job import job_resources
 
+SHORT = ("trainer.epochs=1", "trainer.max_steps_per_epoch=2", "strength.games=0")  # a job in about a second
 MPS_OOM = ("MPS backend out of memory (MPS allocated: 1.02 GiB, other allocations: 2.31 MiB, max allowed: "
            "9.07 GiB). Tried to allocate 256.00 MiB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 "
            "to disable upper limit for memory allocations (may cause system failure).")
@@ -135,8 +136,7 @@ def test_mps_out_of_memory_is_oom_retried_and_blocked_by_the_sweeper(tiny_cfg, t
     monkeypatch.setattr(faults, "check_batch_size", _mps_oom_above(128))
     r = train_job_recorded(tiny_cfg("batch_size=256", "trainer.epochs=1"), tmp_path / "oom")
     assert r["status"] == "oom" and r["batch_size"] == 256 and "MPS backend out of memory" in r["error"]["message"]
-    retried = train_job_recorded(tiny_cfg("batch_size=256", "trainer.epochs=1", "retry_on_oom=true"),
-                                 tmp_path / "retry")
+    retried = train_job_recorded(tiny_cfg("batch_size=256", "retry_on_oom=true", *SHORT), tmp_path / "retry")
     assert (retried["status"], retried["batch_size"], retried["oom_batch_size"]) == ("completed", 128, 256)
 
     study = optuna.create_study()
@@ -192,7 +192,7 @@ def test_a_sweeps_job_on_mps_records_its_gpu_peak_in_the_table(fake_mps, tiny_cf
 
     monkeypatch.setattr(train, "resolve_device", lambda spec: torch.device("cpu"))
     fake_mps.driver_mb = 777.0
-    record = train.train_job(tiny_cfg("trainer.epochs=1"), tmp_path / "sweep" / "0", info={"multirun": True})
+    record = train.train_job(tiny_cfg(*SHORT), tmp_path / "sweep" / "0", info={"multirun": True})
     assert (record["slot"], record["status"], fake_mps.fractions) == ("mps-0", "completed", [0.5])
     assert record["peak_gpu_mem_mb"] == 777.0
     assert aggregate([tmp_path / "sweep"]).iloc[0]["peak_gpu_mem_mb"] == 777.0
