@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hexsweep.devices import usable_cores
-from hexsweep.resources import admission, mps
+from hexsweep.resources import mps
 from hexsweep.resources.cluster import (
     PARALLEL_ENV,
     Assignment,
@@ -47,6 +47,9 @@ from hexsweep.resources.cluster import (
 )
 from hexsweep.resources.gpus import gpu_count, slot_keys
 from hexsweep.resources.slots import Slot, SlotPool, describe_holder, read_holders
+
+if TYPE_CHECKING:
+    from hexsweep.resources.admission import Need
 
 log = logging.getLogger(__name__)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -141,7 +144,7 @@ class Want:
     wait_timeout_s: float | None = None  # for a slot and for memory; None: no limit
     describe: dict[str, Any] = field(default_factory=dict)  # who holds the slot, for the monitor
     pin_visible: bool = False  # the slot's CUDA GPU becomes the job's only visible one
-    need: Callable[[str], admission.Need | None] | None = None  # device type -> what the job needs
+    need: Callable[[str], Need | None] | None = None  # device type -> what the job needs
     sample_to: Path | None = None  # resources.jsonl
     sample_interval_s: float = 2.0
 
@@ -219,9 +222,12 @@ def assign(want: Want) -> Iterator[Assigned]:
             mps.limit(fraction)
         gpu_index = slot.index if kind == "gpu" else None
         device_type = {"gpu": "cuda", "mps": "mps"}.get(kind, "cpu")
-        need = want.need(device_type) if want.need is not None else None
-        timeout_s = float("inf") if want.wait_timeout_s is None else want.wait_timeout_s
-        waited = admission.wait_for_memory(need, gpu_index, timeout_s, mps_fraction=fraction)
+        waited = 0.0
+        if want.need is not None and (need := want.need(device_type)) is not None:
+            from hexsweep.resources import admission  # psutil: a plain app's job never needs it
+
+            timeout_s = float("inf") if want.wait_timeout_s is None else want.wait_timeout_s
+            waited = admission.wait_for_memory(need, gpu_index, timeout_s, mps_fraction=fraction)
         assigned = Assigned(slot, device, threads, waited, None, acquired_at, fraction)
         if want.sample_to is None:
             yield assigned

@@ -19,8 +19,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 #: jobs per MPS GPU when ``slots_per_gpu`` is not set (docs/design.md: "Devices" says why 2)
 DEFAULT_SLOTS = 2
 
@@ -51,6 +49,8 @@ def status() -> MpsStatus | None:
     """This process's view of the MPS GPU, or None without one."""
     if not available():
         return None
+    import psutil
+
     mps = _torch().mps
     return MpsStatus(mps.recommended_max_memory() / 2**20, mps.driver_allocated_memory() / 2**20,
                      mps.current_allocated_memory() / 2**20, psutil.virtual_memory().available / 2**20)
