@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from hexsweep import provenance
-from hexsweep.cli import fail
+from hexsweep.cli import fail, skip_exit_collection
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.end import failure_line
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-curves", type=int, default=200, help="jobs drawn in curves.png")
     parser.add_argument("--diff", action="store_true", help="compare two job folders: config, code, packages")
     args = parser.parse_args(argv)
+    skip_exit_collection()
     if args.diff:
         if len(args.sweeps) != 2 or not all((j / "result.json").exists() or (j / "env.json").exists()
                                             for j in args.sweeps):

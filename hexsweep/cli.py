@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,23 @@ from typing import Any
 from hexsweep.errors import HexsweepError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+_exit_collection_skipped = False
+
+
+def skip_exit_collection() -> None:
+    """Let this process exit without CPython's last garbage collections over what is still alive.
+
+    With torch, pandas and matplotlib loaded they took 3-5 s of a sweep's or a report's exit on a
+    busy 2-core machine (0.7-1.2 s with this), after the last line was printed. ``gc.freeze`` at
+    exit moves every object to the permanent generation, which those collections skip; the
+    process's memory goes back to the OS as it would anyway, and atexit handlers (logging's
+    flush, MLflow's end of run) still run: this one only freezes the heap."""
+    global _exit_collection_skipped
+    if not _exit_collection_skipped:
+        _exit_collection_skipped = True
+        atexit.register(gc.freeze)
 
 
 def fail(message: str, code: int = 2) -> None:

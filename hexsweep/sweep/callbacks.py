@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from hexsweep import tracking
+from hexsweep.cli import skip_exit_collection
 from hexsweep.jobfolder import RESULT_FILE, read_result
 from hexsweep.report.end import end_sweep
 from hexsweep.sweep import stopping
@@ -42,7 +43,11 @@ class SweepReport(Callback):
 
     _pending: tuple[DictConfig, Path, int] | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        skip_exit_collection()  # a single run's process: it exits when the job ends
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        skip_exit_collection()  # the driver's process (jobs leave through os._exit)
         fix_stock_ray_init(config)
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         if tracking.start_sweep(config, sweep_dir) is not None:
