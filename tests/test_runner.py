@@ -138,9 +138,9 @@ def test_a_closed_terminal_sighup_ends_the_sweep_like_sigterm(tmp_path, data):
     """A closed terminal sends SIGHUP to the sweep's whole process group (driver, job server,
     resource tracker): the jobs are interrupted, the report written, the resume line printed,
     exit 130, and no traceback (the server and tracker ignore it)."""
-    with launched(sweep_cmd(tmp_path, data, "seed=0,1", "trainer.epochs=5", "fault.sleep_s_per_epoch=1",
-                            "hydra.launcher.n_jobs=2"), start_new_session=True) as proc:
-        jobs = [wait_for(lambda j=j: running_with_slot(tmp_path, j), timeout=120) for j in ("0", "1")]
+    with launched(sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=5", "fault.sleep_s_per_epoch=1"),
+                  start_new_session=True) as proc:
+        r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
         sweep = sweep_dirs(tmp_path)[0]
         wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
         os.killpg(proc.pid, signal.SIGHUP)
@@ -149,16 +149,15 @@ def test_a_closed_terminal_sighup_ends_the_sweep_like_sigterm(tmp_path, data):
     assert "Traceback" not in err and "KeyError" not in err
     assert f"resume with: hydra.sweep.dir={sweep} resume=true" in err
     assert (sweep / "report.md").exists()
-    assert {read_result(sweep / j)["status"] for j in ("0", "1")} == {"interrupted"}
-    assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE
-                   for r in jobs)
+    assert read_result(sweep / "0")["status"] == "interrupted"
+    assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
 
 
 def test_sigterm_while_the_report_is_written_waits_for_the_report(tmp_path, data):
     """SIGTERM after the last job ended, while the driver writes the report (results.csv is its
     first file, report.md its last): the report is finished, then the sweep ends as an
     interrupted one does (resume line, 130), not killed without its report."""
-    with launched(sweep_cmd(tmp_path, data, "seed=0,1", "trainer.epochs=1", "hydra.launcher.n_jobs=2")) as proc:
+    with launched(sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=1")) as proc:
         table = wait_for(lambda: next((tmp_path / "multirun").glob("*/*/results.csv"), None), timeout=240,
                          poll=0.005)
         written = (table.parent / "report.md").exists()
