@@ -64,10 +64,14 @@ def test_mps_slots_and_default_n_jobs(fake_mps, tmp_path, monkeypatch):
     monkeypatch.setattr(assign, "usable_cores", lambda: 10)  # the seed's 10-core Mac
     assert assign.gpu_backend("auto") == ("mps", [0]) and assign.gpu_backend("mps") == ("mps", [0])
     assert assign.gpu_backend("cpu") == ("cpu", [])
-    # six experiments at once would put six processes on one GPU: n_jobs defaults to its slots
-    assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="auto", slots_per_gpu=None), 6) == mps.DEFAULT_SLOTS == 2
-    assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="auto", slots_per_gpu=3), 6) == 3  # Option B
-    assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="cpu", slots_per_gpu=None), 6) == 6
+    with monkeypatch.context() as driver:  # the driver sizes the sweep without reading MPS memory
+        for name in ("recommended_max_memory", "driver_allocated_memory", "set_per_process_memory_fraction"):
+            driver.setattr(torch.mps, name, lambda *a, name=name: pytest.fail(f"torch.mps.{name} in the driver"))
+        # six experiments at once would put six processes on one GPU: n_jobs defaults to its slots
+        assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="auto", slots_per_gpu=None), 6) == mps.DEFAULT_SLOTS
+        assert mps.DEFAULT_SLOTS == 2
+        assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="auto", slots_per_gpu=3), 6) == 3  # Option B
+        assert TRAIN_APP.default_n_jobs(SimpleNamespace(device="cpu", slots_per_gpu=None), 6) == 6
     pool = assign.make_pool("auto", tmp_path, None, None, 6)
     held = [pool.try_acquire() for _ in range(2)]
     assert [(s.name, s.device(), s.threads) for s in held] == [("mps-0", "mps", 5), ("mps-1", "mps", 5)]
