@@ -18,7 +18,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,51 +27,8 @@ from omegaconf import OmegaConf
 
 from hexsweep.errors import ConfigError
 from hexsweep.hex.board import MAX_SIZE, MIN_SIZE
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric key: optional bounds; ``allowed`` rewords the message."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    allowed: str | None = None
-
-    def accepts(self, x: float) -> bool:
-        return ((self.gt is None or x > self.gt) and (self.ge is None or x >= self.ge)
-                and (self.lt is None or x < self.lt) and (self.le is None or x <= self.le))
-
-    def describe(self, integer: bool, plural: bool = False) -> str:
-        if self.allowed:
-            return self.allowed
-        kind = ("integers" if plural else "an integer") if integer else ("numbers" if plural else "a number")
-        lo = self.ge if self.ge is not None else self.gt
-        hi = self.le if self.le is not None else self.lt
-        if lo is not None and hi is not None:
-            if integer and self.ge is not None and self.le is not None:
-                return f"{kind} in {lo:g}..{hi:g}"
-            return f"{kind} in {'[' if self.ge is not None else '('}{lo:g}, {hi:g}{']' if self.le is not None else ')'}"
-        if lo is not None:
-            return f"{kind} {'>=' if self.ge is not None else '>'} {lo:g}"
-        if hi is not None:
-            return f"{kind} {'<=' if self.le is not None else '<'} {hi:g}"
-        return kind
-
-
-RANGE = "hexsweep_range"  # the dataclass field metadata key
-
-
-def ranged(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
-           allowed: str | None = None, gt: float | None = None, ge: float | None = None,
-           lt: float | None = None, le: float | None = None) -> Any:
-    """A numeric schema field with its allowed range (checked by ``validate``)."""
-    meta = {RANGE: Range(gt, ge, lt, le, allowed)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
+from hexsweep.pruners import PRUNERS, PrunerSettings
+from hexsweep.ranges import RANGE, Range, ranged
 
 SEED = {"ge": 0, "lt": 2**63, "allowed": "an integer in 0..2**63-1"}
 
@@ -194,8 +151,9 @@ class FaultConfig:
 
 
 @dataclass
-class TrialLinkConfig:
-    """Set by the Optuna sweeper on each trial's job: which trial to report to and how to prune.
+class TrialLinkConfig(PrunerSettings):
+    """Set by the Optuna sweeper on each trial's job: which trial to report to and how to prune
+    (the pruner's settings: pruners.PrunerSettings, the sweeper's hydra.sweeper.pruner).
 
     The storage normally reaches the job through the sweeper's environment, so a database
     password never lands in a job folder's config files.
@@ -205,12 +163,6 @@ class TrialLinkConfig:
     trial_number: int | None = ranged(None, ge=0)
     storage: str | None = None
     pruner: str = "none"  # none | median | percentile | successive_halving | hyperband
-    n_startup_trials: int = ranged(2, ge=0)  # median/percentile: trials that finish before pruning starts
-    n_warmup_steps: int = ranged(1, ge=0)  # median/percentile: epochs before a trial can be pruned
-    percentile: float = ranged(25.0, ge=0, le=100)
-    min_resource: int = ranged(1, ge=1)  # successive_halving/hyperband
-    # successive_halving/hyperband: 1/reduction_factor of a rung's trials go on to the next rung
-    reduction_factor: int = ranged(4, ge=2)
 
 
 @dataclass
@@ -318,9 +270,6 @@ VAL_DETAIL = ("policy_top3_acc", "policy_top5_acc", "policy_entropy", "value_ece
 METRIC_NAMES = (*(f"{split}_{m}" for split in ("train", "val") for m in METRICS),
                 *(f"val_{m}" for m in VAL_DETAIL), "strength")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
-
-
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")

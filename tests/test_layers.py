@@ -23,7 +23,8 @@ LAYERS = {
     "hexsweep.calibration": LIBRARY,
     "hexsweep.arena": LIBRARY, "hexsweep.tracking": LIBRARY,
     "hexsweep.errors": BASE, "hexsweep.atomic": BASE, "hexsweep.naming": BASE, "hexsweep.heartbeat": BASE,
-    "hexsweep.devices": BASE, "hexsweep.secrets": BASE, "hexsweep": BASE,
+    "hexsweep.devices": BASE,
+    "hexsweep.ranges": BASE, "hexsweep.pruners": BASE, "hexsweep.secrets": BASE, "hexsweep": BASE,
 }
 NAMES = {ENTRY: "entry point", SWEEP: "sweep/search", JOB: "job", LIBRARY: "library", BASE: "base"}
 

@@ -11,18 +11,17 @@ from omegaconf import OmegaConf
 from hexsweep.cli import compose
 from hexsweep.errors import HexsweepError
 from hexsweep.search.pruning import build_pruner
-from hexsweep.search.sweeper import OptunaSearch
+from hexsweep.search.trials import Trials
+from hexsweep.sweep.train_app import TRAIN_APP
 
 
-def job_config(pruner: dict):
+def job_config(pruner: dict, study_name: str = "s"):
     """The config of a trial's job: the sweeper's ``optuna.*`` overrides for these pruner
     settings, composed into the train config as the job would."""
-    search = OptunaSearch({"pruner": pruner})
     # the keys of the train config the sweeper looks at
-    search.config = OmegaConf.create({"seed": 0, "objective": {"direction": "minimize"},
-                                      "optuna": {"study_name": None}})
-    search.study_name = "s"
-    overrides = search._overrides(SimpleNamespace(params={}, number=0), {}, [], ["minimize"])
+    config = OmegaConf.create({"seed": 0, "objective": {"direction": "minimize"}, "optuna": {"study_name": None}})
+    trials = Trials(None, TRAIN_APP, config, {"pruner": pruner}, study_name, {}, [], ["minimize"], None, None)
+    overrides = trials.overrides(SimpleNamespace(params={}, number=0))
     return compose([o for o in overrides if o.startswith("optuna.")])
 
 
@@ -48,3 +47,24 @@ def test_reduction_factor_below_2_is_refused_in_one_line(value):
     with pytest.raises(HexsweepError) as e:
         compose([f"optuna.reduction_factor={value}"])
     assert "optuna.reduction_factor" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's", "k=v", "x[0]", "étude", "two words", "back\\slash",
+                                  "end\\", "q\\'x"])
+def test_any_study_name_reaches_the_job_unchanged(name):
+    """A study name is quoted in the job's overrides: Hydra reads it back as it was written."""
+    assert job_config({"name": "median"}, study_name=name).optuna.study_name == name
+
+
+@pytest.mark.parametrize(("setting", "value", "allowed"), [
+    ("reduction_factor", 1, "an integer >= 2"), ("percentile", 101.0, "a number in [0, 100]"),
+    ("n_startup_trials", -1, "an integer >= 0"), ("min_resource", 0, "an integer >= 1")])
+def test_pruner_settings_are_checked_against_their_one_schema(setting, value, allowed):
+    from hexsweep.errors import ConfigError
+    from hexsweep.pruners import check_pruner
+
+    with pytest.raises(ConfigError) as e:
+        check_pruner({"name": "median", setting: value})
+    assert str(e.value) == f"hydra.sweeper.pruner.{setting}={value!r} is invalid: allowed {allowed}"
+    with pytest.raises(HexsweepError, match=f"optuna.{setting}"):  # the job's copy of the same field
+        compose([f"optuna.{setting}={value}"])

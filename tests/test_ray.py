@@ -188,6 +188,6 @@ def test_ray_cluster_sizes_optuna_batches_from_the_cluster(ray_head):
     launcher = HexsweepRayLauncher(ray=OmegaConf.create({"init": {"address": "auto"},
                                                          "remote": {"num_cpus": 1, "num_gpus": 0}}))
     try:
-        assert launcher.concurrency() == 2  # the head's 2 CPUs, 1 a task
+        assert launcher.n_jobs_for(8) == 2  # the head's 2 CPUs, 1 a task
     finally:
         ray.shutdown()

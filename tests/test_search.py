@@ -242,7 +242,8 @@ def test_trials_orphaned_by_a_dead_driver_are_failed_on_the_next_run(tmp_path, d
 
 
 def test_configurations_that_ran_out_of_memory_are_not_proposed_again(tmp_path):
-    from hexsweep.search.sweeper import OptunaSearch
+    from hexsweep.search.trials import Trials
+    from hexsweep.sweep.train_app import TRAIN_APP
 
     study = optuna.create_study()
     dist = {"batch_size": CategoricalDistribution([256, 512, 1024]),
@@ -253,11 +254,11 @@ def test_configurations_that_ran_out_of_memory_are_not_proposed_again(tmp_path):
         oom = study.ask(dist)
     oom.set_user_attr("fail_status", "oom")
     study.tell(oom, state=TrialState.FAIL)
-    blocked = OptunaSearch({})._oom_blocked
-    assert blocked(study, {"batch_size": 512, "model.channels": 64}) == oom.number
-    assert blocked(study, {"batch_size": 1024, "model.channels": 64}) == oom.number  # larger batch: also out
-    assert blocked(study, {"batch_size": 256, "model.channels": 64}) is None
-    assert blocked(study, {"batch_size": 1024, "model.channels": 32}) is None
+    blocked = Trials(study, TRAIN_APP, None, {}, "s", dist, [], ["minimize"], tmp_path, None).oom_blocked
+    assert blocked({"batch_size": 512, "model.channels": 64}) == oom.number
+    assert blocked({"batch_size": 1024, "model.channels": 64}) == oom.number  # larger batch: also out
+    assert blocked({"batch_size": 256, "model.channels": 64}) is None
+    assert blocked({"batch_size": 1024, "model.channels": 32}) is None
 
 
 def test_custom_search_space_hook(tmp_path, data):
@@ -282,7 +283,9 @@ def test_a_live_drivers_trials_are_not_orphans_and_telling_twice_is_harmless(tmp
     import socket
     import textwrap
 
-    from hexsweep.search.sweeper import OptunaSearch
+    from hexsweep.search.lifecycle import fail_orphans
+    from hexsweep.search.trials import Trials
+    from hexsweep.sweep.train_app import TRAIN_APP
 
     storage = open_storage(str(tmp_path / "s.journal"))
     study = optuna.create_study(study_name="s", storage=storage)
@@ -305,15 +308,16 @@ def test_a_live_drivers_trials_are_not_orphans_and_telling_twice_is_harmless(tmp
         unwritten = study.ask()  # its job has not written a result yet
         unwritten.set_user_attr("driver", {"host": socket.gethostname(), "pid": holder.pid,
                                            "sweep_dir": str(live_dir)})
-        OptunaSearch({})._fail_orphans(study, storage, tmp_path / "other")
+        fail_orphans(study, storage, tmp_path / "other")
         assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
     finally:
         holder.kill()
         holder.wait()
-    OptunaSearch({})._fail_orphans(study, storage, tmp_path / "other")  # now its driver is dead
+    fail_orphans(study, storage, tmp_path / "other")  # now its driver is dead
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
     # the live driver, back from a pause, tells its trial: harmless
-    assert OptunaSearch({})._finish(study, live, live_dir / "0") == "already finished"
+    trials = Trials(study, TRAIN_APP, None, {}, "s", {}, [], ["minimize"], live_dir, None)
+    assert trials.finish(live, live_dir / "0") == "already finished"
 
 
 def test_command_line_values_stay_fixed_and_leave_the_search_space():

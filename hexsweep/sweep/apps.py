@@ -9,26 +9,67 @@ for its task function with ``@job_app(...)`` under ``@hydra.main``. Every other 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from hexsweep.cli import first_line
 from hexsweep.devices import usable_cores
 from hexsweep.resources.assign import cpu_share, job_env  # noqa: F401  (the runner's imports; decided there)
+from hexsweep.pruners import SETTINGS as PRUNER_KEYS
+
+
+@dataclass
+class Verdict:
+    """What a sweeper learns from one finished job: ``state`` completed | pruned | failed, the
+    objective ``values`` (one per direction) when completed, the job's status word, the reason it
+    did not complete, and what else a trial should record (``extra``: e.g. the batch size that
+    ran out of memory, the epoch a job was pruned at)."""
+
+    state: str
+    values: list[float] | None = None
+    status: str = "completed"
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def quote_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged: plain when it is a simple
+    word or number, else single-quoted. In a quoted value Hydra unescapes backslashes only where
+    they precede a quote (or end the value), so only those are doubled, and each ``'`` escaped (a
+    study name may hold ``,``, ``'``, ``=``, ``[`` or non-ASCII characters)."""
+    text = str(value)
+    if text and all(c.isascii() and (c.isalnum() or c in "_-./:") for c in text):
+        return text
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def job_dir_of(ret: JobReturn, fallback: Path) -> Path:
+    """A job's folder from its JobReturn. Not ``working_dir``: with hydra.job.chdir=false Hydra
+    puts the process's cwd there, which under Ray or Slurm is not the job folder."""
+    out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
+    return Path(str(out)) if out else fallback
 
 
 class JobApp:
-    """Defaults are a plain Hydra app's; hexsweep.train overrides them (sweep/train_app.py)."""
+    """The app protocol: every decision the runner and the sweepers make differently for one app.
+    Defaults are a plain Hydra app's (Hydra's semantics); hexsweep.train implements its own
+    (sweep/train_app.py)."""
 
     #: modules the job server imports once, so that each job starts without importing them
     preload: tuple[str, ...] = ()
     #: its jobs beat (hexsweep.heartbeat) from their start, so the stall watchdog watches
     #: them from the start; a plain app's job is watched only once it has beaten
     beats_from_start: bool = False
-    #: jobs never raise: failures live in the job folder, and Hydra gets COMPLETED + NaN
-    records_failures: bool = False
     #: its jobs take their own slot (with memory admission); else the runner takes one for them
     takes_own_slot: bool = False
 
@@ -64,6 +105,91 @@ class JobApp:
 
     def report(self, sweep_dir: Path, interrupted: bool) -> None:
         """The end-of-sweep table and report, when Hydra's post-sweep callback will not run."""
+
+    # ---- the runner ----------------------------------------------------------------------
+    def job_threads(self, n_jobs: int) -> int | None:
+        """The CPU threads of one job when ``n_jobs`` run at once (None: the job decides its own)."""
+        return cpu_share(n_jobs)
+
+    def hydra_return(self, ret: JobReturn, record: dict[str, Any] | None) -> None:
+        """Adjust the JobReturn the runner built (Hydra's semantics: FAILED for a job that raised
+        or died) before a sweeper sees it. Plain apps keep Hydra's."""
+
+    # ---- a sweeper's trial -----------------------------------------------------------------
+    def verdict(self, ret: JobReturn | None, job_dir: Path, n_objectives: int = 1,
+                metrics: Sequence[str] | None = None) -> Verdict:
+        """A trial's values from its job, as the official Optuna plugin reads a task's return
+        value: a float, or a sequence of floats (one per objective); a job that raised or died failed."""
+        if ret is None or ret.status != JobStatus.COMPLETED:
+            error = ret._return_value if ret is not None else None
+            reason = f"failed: {type(error).__name__}: {first_line(str(error))}" if error is not None else \
+                "failed: no result"
+            return Verdict("failed", status="failed", reason=reason)
+        value = ret.return_value
+        try:
+            values = [float(value)] if n_objectives == 1 else [float(v) for v in value]
+        except (TypeError, ValueError):
+            reason = (f"Return value must be float-castable. Got '{value}'." if n_objectives == 1 else
+                      f"Return value must be a list or tuple of float-castable values. Got '{value}'.")
+            return Verdict("failed", status="failed", reason=reason)
+        if len(values) != n_objectives:
+            return Verdict("failed", status="failed", reason=(
+                "The number of the values and the number of the objectives are mismatched. "
+                f"Expect {n_objectives}, but actually {len(values)}."))
+        if not all(math.isfinite(v) for v in values):
+            return Verdict("failed", status="failed", reason=f"non-finite objective {values}")
+        return Verdict("completed", values)
+
+    def check_search(self, directions: Sequence[str], metrics: Sequence[str] | None,
+                     settings: dict[str, Any]) -> None:
+        """Raise a ConfigError (one line) for a search this app cannot run (``settings``: the
+        sweeper's values, hydra.sweeper.*)."""
+
+    def joins_study(self, cfg: DictConfig) -> bool:
+        """Whether a search may add trials to a study that already has some (plain apps: always,
+        as with the official plugin)."""
+        return True
+
+    def trial_overrides(self, cfg: DictConfig, trial_number: int, directions: Sequence[str],
+                        taken: set[str]) -> list[str]:
+        """Overrides a trial's job gets besides its sampled values (``taken``: keys already set),
+        only for keys the app's config has: a seed per trial, the search's single direction."""
+        extra = []
+        seed = OmegaConf.select(cfg, "seed", default=None)
+        if isinstance(seed, int) and not isinstance(seed, bool) and "seed" not in taken:
+            extra.append(f"seed={seed + trial_number}")  # a new seed per trial
+        has_direction = OmegaConf.select(cfg, "objective.direction", default=None) is not None
+        if has_direction and len(directions) == 1 and "objective.direction" not in taken:
+            extra.append(f"objective.direction={directions[0]}")
+        return extra
+
+    def trial_link(self, cfg: DictConfig, study_name: str, trial_number: int, pruner: dict[str, Any]) -> list[str]:
+        """The overrides through which a job reports its epochs to its trial and prunes (only for
+        an app whose config has the ``optuna.*`` keys: hexsweep.train's pruning hook)."""
+        if OmegaConf.select(cfg, "optuna.study_name", default="absent") == "absent":
+            return []
+        link = [f"optuna.study_name={quote_value(study_name)}", f"optuna.trial_number={trial_number}",
+                f"optuna.pruner={quote_value(pruner.get('name', 'none'))}"]
+        link += [f"optuna.{key}={quote_value(pruner[key])}" for key in PRUNER_KEYS if key in pruner]
+        return link
+
+    def blocks_after_oom(self, failed: dict[str, Any], params: dict[str, Any]) -> bool:
+        """Whether ``params`` would run out of memory as a trial with ``failed`` params did."""
+        return False
+
+    def pauses(self, outcome: Any) -> bool:
+        """Whether a job stopped by Ctrl-C can continue later in the same trial (its state saved)."""
+        return False
+
+    def resume_overrides(self) -> list[str]:
+        """What a paused job's overrides get to continue from its saved state."""
+        return []
+
+    def program(self) -> str:
+        """How the user started this app, for the command that reproduces a job."""
+        main = sys.modules.get("__main__")
+        spec = getattr(getattr(main, "__spec__", None), "name", None)
+        return f"python -m {spec}" if spec else f"python {sys.argv[0]}"
 
 
 class PlainApp(JobApp):

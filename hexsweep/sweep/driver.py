@@ -37,7 +37,7 @@ from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING
 from hexsweep.naming import host
 from hexsweep.sweep import owner, process
-from hexsweep.sweep.apps import JobApp, app_for, cpu_share, job_env
+from hexsweep.sweep.apps import JobApp, app_for, job_env
 from hexsweep.sweep.manifest import record_outcome
 from hexsweep.sweep.progress import SweepProgress
 
@@ -64,6 +64,7 @@ class Outcome:
     ret: JobReturn
     record: dict[str, Any] | None = None
     skipped: bool = False
+    interrupted: bool = False  # it ended while the driver was stopping (Ctrl-C, SIGTERM)
 
 
 @dataclass
@@ -145,19 +146,17 @@ class SweepDriver:
         payload = {"task_function": self.launcher.task_function, "hydra_context": self.launcher.hydra_context,
                    "config": cfg, "singleton_state": self.singleton_state, "env": job_env(self.n_jobs),
                    "cwd": str(Path.cwd()),
-                   "threads": None if self.app.records_failures else cpu_share(self.n_jobs),
+                   "threads": self.app.job_threads(self.n_jobs),
                    "slots": None if self.app.takes_own_slot else self.slot_spec()}
         try:
             proc, conn, beat = process.start_job(self.ctx, f"hexsweep-job-{num}", payload)
         except (OSError, EOFError) as e:  # the job died before it took its payload (e.g. its import failed)
             death = ("Crashed", f"could not start ({type(e).__name__}: {e}); see the sweep's log")
             log.error("job %d (%s) %s", num, label, death[1])
-            record = None
-            if self.app.records_failures:
-                try:
-                    record = self.app.settle(cfg, job_dir, death)
-                except OSError:
-                    record = None
+            try:
+                record = self.app.settle(cfg, job_dir, death)
+            except OSError:
+                record = None
             self.progress.started()
             self.progress.finished(num, CRASHED, 0.0, label)
             return self._outcome(num, cfg, job_dir, CRASHED, None, record, death=death)
@@ -214,7 +213,7 @@ class SweepDriver:
             death = None
         try:
             record = self.app.settle(job.cfg, job.job_dir, death if (job.answer is None or job.force) else None,
-                                     force=job.force) if self.app.records_failures else None
+                                     force=job.force)
         except OSError as e:  # a full or read-only disk: the sweep goes on, the job counts as failed
             kind, how = death or ("Crashed", "ended without a result")
             log.error("job %d: cannot record how it ended in %s (%s)", job.num, job.job_dir, e.strerror or e)
@@ -254,18 +253,15 @@ class SweepDriver:
         if answer is not None:
             ret.status = JobStatus.COMPLETED if answer["status"] == "completed" else JobStatus.FAILED
             ret.return_value = answer["value"]
-            if self.app.records_failures:  # the folder's verdict (e.g. a NaN objective) is the value;
-                ret.status = JobStatus.COMPLETED  # its jobs never fail Hydra's way (the report runs)
-                ret.return_value = self.app.value_of(record)
+        elif skipped:  # completed in an earlier run of this sweep folder: its recorded value
+            ret.status = JobStatus.COMPLETED
+            ret.return_value = self.app.value_of(record)
         else:
-            if self.app.records_failures or skipped:
-                ret.status = JobStatus.COMPLETED
-                ret.return_value = self.app.value_of(record)
-            else:
-                ret.status = JobStatus.FAILED
-                kind, how = death or ("Crashed", "ended without a result")
-                ret.return_value = JobDied(f"job {num} ({job_label(ret.overrides, self.common)}) {how} [{kind}]")
-        return Outcome(num, cfg, job_dir, status, ret, record, skipped)
+            ret.status = JobStatus.FAILED
+            kind, how = death or ("Crashed", "ended without a result")
+            ret.return_value = JobDied(f"job {num} ({job_label(ret.overrides, self.common)}) {how} [{kind}]")
+        self.app.hydra_return(ret, record)
+        return Outcome(num, cfg, job_dir, status, ret, record, skipped, interrupted=self.stopping)
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None]) -> None:

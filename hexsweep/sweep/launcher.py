@@ -19,6 +19,7 @@ job skips Hydra's post-sweep callback. Here:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hexsweep.cli import first_line
-from hexsweep.errors import HexsweepError
+from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.sweep.apps import JobApp, app_for
 from hexsweep.sweep.driver import Outcome, SweepDriver, common_overrides, job_label
 from hexsweep.sweep.manifest import write_manifest
@@ -52,13 +53,17 @@ def compose_job(hydra_context: Any, master: DictConfig, sweep_dir: Path, overrid
     return cfg
 
 
-def job_return(cfg: DictConfig, job_dir: Path, record: dict | None, app: JobApp) -> JobReturn:
-    """A JobReturn built by the driver for a job whose own the driver did not receive (Ray)."""
+def job_return(cfg: DictConfig, job_dir: Path, record: dict | None, app: JobApp, died: str) -> JobReturn:
+    """A JobReturn built by the driver for a job whose own it did not receive (Ray lost it): FAILED
+    with a JobDied error naming how, as Hydra reports a job that raised; the app may adjust it."""
+    from hexsweep.sweep.driver import JobDied
+
     with read_write(cfg), open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(job_dir)  # where sweepers look for the job's folder
     ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=cfg, hydra_cfg=cfg,
-                    working_dir=str(job_dir), task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
-    ret.return_value = app.value_of(record)
+                    working_dir=str(job_dir), task_name=cfg.hydra.job.name, status=JobStatus.FAILED)
+    ret.return_value = JobDied(f"job {cfg.hydra.job.num} {died} [Crashed]")
+    app.hydra_return(ret, record)
     return ret
 
 
@@ -80,25 +85,89 @@ def validate_all(job_config: Callable[[Sequence[str], int], DictConfig], job_ove
     return configs
 
 
-def n_jobs_for(launcher: Any, app: JobApp, num_jobs: int) -> int:
+def check_params(params: dict[str, Any]) -> None:
+    """ConfigError (one line) for a launcher value that cannot work: checked before any job of a
+    list launch, and before any trial of a search, starts."""
+    for key in ("timeout_s", "stall_timeout_s"):
+        v = params.get(key)
+        if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"hydra.launcher.{key}={v} is invalid: "
+                              "allowed a number of seconds > 0, or null (no limit)")
+    v = params.get("kill_grace_s", 30.0)
+    if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+        raise ConfigError(f"hydra.launcher.kill_grace_s={v} is invalid: allowed a number of seconds >= 0")
+    v = params.get("slots_per_gpu")
+    if v is not None and not (isinstance(v, int) and v > 0):
+        raise ConfigError(f"hydra.launcher.slots_per_gpu={v} is invalid: "
+                          "allowed an integer > 0, or null (the device's default)")
+    v = params.get("n_jobs")
+    if v is not None and not (isinstance(v, int) and v > 0):
+        raise ConfigError(f"hydra.launcher.n_jobs={v} is invalid: "
+                          "allowed an integer > 0, or null (what the machine holds)")
+    v = params.get("progress_interval_s", 15.0)
+    if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+        raise ConfigError(f"hydra.launcher.progress_interval_s={v} is invalid: allowed a number of seconds > 0")
+    if params.get("progress", "auto") not in ("auto", "off"):
+        raise ConfigError(f"hydra.launcher.progress={params.get('progress')!r} is invalid: allowed auto or off")
+
+
+def n_jobs_for(launcher: Any, num_jobs: int) -> int:
+    """Jobs at once: ``hydra.launcher.n_jobs``, else what the machine holds for this app."""
+    check_params(launcher.params)
     requested = launcher.params.get("n_jobs")
     if isinstance(requested, int) and requested > 0:
         return requested
-    return app.default_n_jobs(launcher.config, num_jobs)
+    return app_for(launcher.task_function).default_n_jobs(launcher.config, max(1, num_jobs))
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+def sweep_dir_of(config: DictConfig) -> Path:
+    return Path(str(config.hydra.sweep.dir)).resolve()
+
+
+def prepared_config(hydra_context: Any, master: DictConfig, app: JobApp, overrides: Sequence[str],
+                    num: int) -> DictConfig:
+    """Job ``num``'s composed config, validated by its app; JobConfigError (the one line of the
+    app's or Hydra's message) for a config that must not start, e.g. a sampled value out of range."""
+    try:
+        cfg = compose_job(hydra_context, master, sweep_dir_of(master), overrides, num)
+        app.validate(cfg)
+    except HexsweepError as e:
+        raise JobConfigError(first_line(str(e))) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise JobConfigError(first_line(str(e))) from None
+    return cfg
+
+
+def prepare(launcher: Any, overrides: Sequence[str], num: int) -> DictConfig:
+    return prepared_config(launcher.hydra_context, launcher.config, app_for(launcher.task_function), overrides, num)
+
+
+def launch_async(launcher: Any, feed: Callable[[], DictConfig | None], on_done: Callable[[Outcome], None],
+                 total: int, n_jobs: int | None = None, common: set[str] | None = None) -> None:
+    """The launcher's asynchronous entry point: keep ``n_jobs`` jobs running, asking ``feed`` for the
+    next config whenever a slot frees (None: nothing more for now), and hand each ``Outcome`` to
+    ``on_done``. Ends when the feed has nothing and no job runs; raises SweepInterrupted after
+    Ctrl-C/SIGTERM, once the jobs stopped and the app reported."""
+    check_params(launcher.params)
     setup_globals()
     config: DictConfig = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    n_jobs = n_jobs or n_jobs_for(launcher, total)
+    driver = SweepDriver(launcher, n_jobs, total, sweep_dir_of(config))
+    driver.common = common or set()
+    driver.run(feed, on_done)
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Hydra's list launch: every job composed and validated before the first starts, then run
+    through ``launch_async``; the JobReturns in the order of ``job_overrides``."""
+    check_params(launcher.params)
     app = app_for(launcher.task_function)
-    sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-    n_jobs = n_jobs_for(launcher, app, len(job_overrides))
-    driver = SweepDriver(launcher, n_jobs, len(job_overrides), sweep_dir)
-    driver.common = common_overrides(job_overrides)
+    sweep_dir = sweep_dir_of(launcher.config)
+    n_jobs = n_jobs_for(launcher, len(job_overrides))
 
     def job_config(overrides: Sequence[str], num: int) -> DictConfig:
-        return compose_job(launcher.hydra_context, config, sweep_dir, overrides, num)
+        return compose_job(launcher.hydra_context, launcher.config, sweep_dir, overrides, num)
 
     configs = validate_all(job_config, job_overrides, initial_job_idx, app)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -110,5 +179,5 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     def done(outcome: Outcome) -> None:
         outcomes[outcome.num] = outcome
 
-    driver.run(lambda: next(todo, None), done)
+    launch_async(launcher, lambda: next(todo, None), done, len(configs), n_jobs, common_overrides(job_overrides))
     return [outcomes[int(cfg.hydra.job.num)].ret for cfg in configs]

@@ -19,7 +19,6 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 from omegaconf import DictConfig
 
-from hexsweep.jobfolder import record_death
 from hexsweep.sweep.apps import app_for
 from hexsweep.sweep.launcher import compose_job, job_return, validate_all
 from hexsweep.sweep.manifest import write_manifest
@@ -75,8 +74,6 @@ def collect(ref: Any, cfg: DictConfig, job_dir: Path, app: Any) -> JobReturn:
     except ray.exceptions.RayError as e:
         lines = str(e).strip().splitlines()
         how = f"did not finish under Ray ({type(e).__name__}{': ' + lines[0] if lines else ''})"
-        identity = {"experiment": cfg.get("experiment_name"), "overrides": list(cfg.hydra.overrides.task),
-                    "job": {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}}
-        record = record_death(job_dir, how, "Crashed", identity)
+        record = app.settle(cfg, job_dir, ("Crashed", how))  # a plain app's folder gets nothing written
         log.error("job %s crashed: %s", cfg.hydra.job.num, how)
-        return job_return(cfg, job_dir, record, app)
+        return job_return(cfg, job_dir, record, app, died=how)

@@ -7,22 +7,24 @@ module: the runner only calls these methods through ``app_for(task_function)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from hexsweep.config import validate
-from hexsweep.jobfolder import FINISHED_OK, completed_result, read_result, record_death
+from hexsweep.errors import ConfigError
+from hexsweep.jobfolder import FINISHED_OK, INTERRUPTED, completed_result, read_result, record_death
 from hexsweep.resources.assign import default_parallel
-from hexsweep.sweep.apps import JobApp
+from hexsweep.sweep.apps import JobApp, Verdict
 
 
 class TrainApp(JobApp):
     # torch's optimizer stack and the training code, imported once by the job server
     preload = ("hexsweep.sweep.warm",)
     beats_from_start = True
-    records_failures = True
     takes_own_slot = True  # in train_job, with memory admission (resources/job.py)
 
     def validate(self, cfg: DictConfig) -> None:
@@ -69,6 +71,70 @@ class TrainApp(JobApp):
             report_sweep(sweep_dir, interrupted=interrupted)
         except ReportNotWritten as e:  # interrupted anyway: say it, and let the interruption end the sweep
             print(f"hexsweep: error: {e}", file=sys.stderr)
+
+
+    # ---- the runner ----------------------------------------------------------------------
+    def job_threads(self, n_jobs: int) -> int | None:
+        return None  # the job sizes its own CPU share when it takes its slot (resources/job.py)
+
+    def hydra_return(self, ret: JobReturn, record: dict[str, Any] | None) -> None:
+        # its jobs never fail Hydra's way: the folder holds the truth (status, error.txt) and the
+        # value is the folder's verdict (NaN unless completed), so Hydra's post-sweep report always runs
+        ret.status = JobStatus.COMPLETED
+        ret.return_value = self.value_of(record)
+
+    # ---- a sweeper's trial -----------------------------------------------------------------
+    def verdict(self, ret: JobReturn | None, job_dir: Path, n_objectives: int = 1,
+                metrics: Sequence[str] | None = None) -> Verdict:
+        """From the job folder's result.json: completed -> the objective (or ``metrics`` of the
+        best epoch, one per objective); pruned; anything else failed, with its reason."""
+        record = read_result(job_dir) or {"status": "crashed", "error": {"type": "Crashed", "message": "no result"}}
+        status = str(record.get("status"))
+        error = record.get("error") or {}
+        reason = f"{status}: {error.get('type')}: {error.get('message')}" if error else status
+        if status == "completed":
+            if metrics:
+                best = record.get("best") or {}
+                values = [float(best.get(m, math.nan)) for m in metrics]
+            else:
+                values = [float((record.get("objective") or {}).get("value", math.nan))]
+            if all(math.isfinite(v) for v in values):
+                return Verdict("completed", values, status)
+            reason, status = f"non-finite objective {values}", "nan"
+        if status == "pruned":
+            return Verdict("pruned", status=status, extra={"pruned_at_epoch": record.get("pruned_at_epoch")})
+        extra = {"oom_batch_size": record.get("oom_batch_size") or record.get("batch_size")} if status == "oom" else {}
+        return Verdict("failed", status=status, reason=reason, extra=extra)
+
+    def check_search(self, directions: Sequence[str], metrics: Sequence[str] | None,
+                     settings: dict[str, Any]) -> None:
+        if len(directions) > 1 and len(metrics or []) != len(directions):
+            raise ConfigError(f"hydra.sweeper.direction has {len(directions)} objectives: set hydra.sweeper."
+                              "metrics to as many metric names (e.g. [val_policy_acc,val_value_loss])")
+        pruner = (settings.get("pruner") or {}).get("name", "none")
+        if settings.get("storage") is None and pruner != "none":
+            # its jobs report their epochs to their trial through the storage, from their own process
+            raise ConfigError(f"hydra.sweeper.storage=null is invalid with hydra.sweeper.pruner.name={pruner}: "
+                              "a trial's job reports its epochs through the storage; allowed a journal file "
+                              "(the default, <paths.outputs>/optuna/studies.journal) or an RDB URL")
+
+    def joins_study(self, cfg: DictConfig) -> bool:
+        return bool(cfg.get("resume"))  # adding to a study that has trials is asked for with resume=true
+
+    def blocks_after_oom(self, failed: dict[str, Any], params: dict[str, Any]) -> bool:
+        """The same params but the batch size ran out of memory at that batch size or a smaller one."""
+        others = {k: v for k, v in failed.items() if k != "batch_size"}
+        bigger = "batch_size" not in failed or params.get("batch_size", 0) >= failed["batch_size"]
+        return bigger and all(params.get(k) == v for k, v in others.items())
+
+    def pauses(self, outcome: Any) -> bool:
+        return outcome.status == INTERRUPTED and (outcome.job_dir / "last.pt").exists()
+
+    def resume_overrides(self) -> list[str]:
+        return ["resume=true"]
+
+    def program(self) -> str:
+        return "python -m hexsweep.train"
 
 
 def job_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -5,7 +5,6 @@ hexsweep/sweep/launcher.py, imported when a sweep actually launches.
 """
 
 
-import math
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,31 +97,41 @@ def reports_at_end(config: Any) -> bool:
     return any(str(c.get("_target_", "")).endswith(".SweepReport") for c in callbacks.values())
 
 
-def check_params(params: dict) -> None:
-    """One line, before any job starts, for a launcher value that cannot work."""
-    from hexsweep.cli import fail
-
-    for key in ("timeout_s", "stall_timeout_s"):
-        v = params.get(key)
-        if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-            fail(f"hydra.launcher.{key}={v} is invalid: allowed a number of seconds > 0, or null (no limit)")
-    v = params.get("kill_grace_s")
-    if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-        fail(f"hydra.launcher.kill_grace_s={v} is invalid: allowed a number of seconds >= 0")
-    v = params.get("slots_per_gpu")
-    if v is not None and not (isinstance(v, int) and v > 0):
-        fail(f"hydra.launcher.slots_per_gpu={v} is invalid: allowed an integer > 0, or null (the device's default)")
-    v = params.get("n_jobs")
-    if v is not None and not (isinstance(v, int) and v > 0):
-        fail(f"hydra.launcher.n_jobs={v} is invalid: allowed an integer > 0, or null (what the machine holds)")
-
-
 class HexsweepLauncher(JobConfigLauncher):
-    async_jobs = True  # the Optuna sweeper may feed it one trial at a time (sweep/driver.py)
+    """Hydra's ``launch`` (a list of jobs), and an asynchronous entry point for sweepers that ask
+    for the next job the moment one ends (the Optuna and race sweepers): ``launch_async``."""
+
+    async_jobs = True
+
+    def check(self) -> None:
+        """ConfigError (one line) for a launcher value that cannot work."""
+        from hexsweep.sweep.launcher import check_params
+
+        check_params(self.params)
+
+    def n_jobs_for(self, total: int) -> int:
+        """Jobs at once for ``total`` jobs: hydra.launcher.n_jobs, or what the machine holds."""
+        from hexsweep.sweep.launcher import n_jobs_for
+
+        return n_jobs_for(self, total)
+
+    def prepare(self, overrides: Sequence[str], num: int) -> DictConfig:
+        """Job ``num``'s config, composed and validated by its app (JobConfigError if it must not start)."""
+        from hexsweep.sweep.launcher import prepare
+
+        return prepare(self, overrides, num)
+
+    def launch_async(self, feed: Callable[[], DictConfig | None], on_done: Callable[[Any], None], total: int,
+                     n_jobs: int | None = None) -> None:
+        """Run the configs ``feed`` gives as slots free, ``on_done(outcome)`` for each; raises
+        SweepInterrupted (hexsweep.sweep.driver) after Ctrl-C/SIGTERM. The caller turns errors
+        into exit codes (``exit_on_error``)."""
+        from hexsweep.sweep.launcher import launch_async
+
+        launch_async(self, feed, on_done, total, n_jobs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import launcher
 
-        check_params(self.params)
         return exit_on_error(lambda: launcher.launch(self, job_overrides, initial_job_idx),
                              reports=reports_at_end(self.config))

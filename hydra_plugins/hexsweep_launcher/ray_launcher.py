@@ -23,11 +23,11 @@ class HexsweepRayLauncher(JobConfigLauncher):
         super().__init__(**params)
         self.ray_cfg = ray
 
-    def concurrency(self) -> int:
-        """Tasks the cluster runs at once (connects to it)."""
+    def n_jobs_for(self, total: int) -> int:
+        """Tasks the cluster runs at once, at most ``total`` (connects to it)."""
         from hexsweep.sweep import ray_jobs
 
-        return exit_on_error(lambda: ray_jobs.cluster_concurrency(self))
+        return exit_on_error(lambda: ray_jobs.cluster_concurrency(self, max(1, total)))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hexsweep.sweep import ray_jobs

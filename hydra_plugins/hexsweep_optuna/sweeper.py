@@ -14,15 +14,12 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import MISSING
 
+from hexsweep.pruners import PrunerSettings
+
 
 @dataclass
-class PrunerConf:
+class PrunerConf(PrunerSettings):  # the settings and their ranges: hexsweep/pruners.py
     name: str = "none"  # none | median | percentile | successive_halving | hyperband
-    n_startup_trials: int = 2
-    n_warmup_steps: int = 1
-    percentile: float = 25.0
-    min_resource: int = 1
-    reduction_factor: int = 4  # successive_halving/hyperband: 1/reduction_factor go on to the next rung
 
 
 @dataclass
@@ -33,7 +30,9 @@ class HexsweepOptunaConf:
     sampler: Any = MISSING  # filled by the hydra/sweeper/sampler group (tpe by default)
     direction: Any = "minimize"
     study_name: Optional[str] = None  # noqa: UP045 (Hydra loads this module outside the package)
-    storage: Optional[str] = None  # noqa: UP045 (None: outputs/optuna/studies.journal)
+    # a journal file under paths.outputs (or ./outputs for an app without that key) or an RDB URL;
+    # null: an in-memory study, fresh every run (as in the official plugin)
+    storage: Optional[str] = "${oc.select:paths.outputs,outputs}/optuna/studies.journal"  # noqa: UP045
     n_trials: int = 20
     n_jobs: Optional[int] = None  # noqa: UP045 (None: what the machine holds)
     max_failure_rate: float = 0.5
@@ -54,6 +53,8 @@ SAMPLERS = {
     "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol", "scramble": True},
     "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10},
+    # removed in Optuna 4.0: selecting it gives the official plugin's message
+    "motpe": {"_target_": "hexsweep.search.sweeper.motpe_removed"},
 }
 
 cs = ConfigStore.instance()
