@@ -130,3 +130,52 @@ def test_gp_sampler_preset(tmp_path):
     assert out.returncode == 0, out.stderr
     assert isinstance(optuna.samplers.GPSampler(seed=0), optuna.samplers.BaseSampler)
     assert len(study(tmp_path).trials) == 8
+
+
+def test_launcher_values_are_refused_under_a_search_as_under_a_list_launch(tmp_path):
+    """The sweeper goes through the launcher's own checks: the same one line, before any trial."""
+    for bad in ("hydra.launcher.timeout_s=-1", "hydra.launcher.kill_grace_s=-1", "hydra.launcher.n_jobs=0"):
+        searched = run(tmp_path, "sphere", bad)
+        listed = run(tmp_path, "sphere", bad, "hydra/sweeper=basic", "x=1,2")
+        assert searched.returncode == listed.returncode == 2, (bad, searched.stderr, listed.stderr)
+        last = searched.stderr.strip().splitlines()[-1]
+        assert last == listed.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"hexsweep: error: {bad.split('=')[0]}=") and "is invalid" in last
+        assert not (tmp_path / "outputs" / "optuna").exists()  # no study, no trial asked
+
+
+def test_a_plain_apps_job_folders_get_no_hexsweep_file(tmp_path):
+    out = run(tmp_path, "sphere", "hydra.sweeper.n_trials=2")
+    assert out.returncode == 0, out.stderr
+    jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == 2
+    for job in jobs:  # Hydra's own files and the app's log only
+        assert {p.name for p in job.iterdir()} <= {".hydra", "sphere.log"}, sorted(p.name for p in job.iterdir())
+
+
+def test_storage_null_is_a_fresh_in_memory_study_every_run(tmp_path):
+    """As lightning-hydra-template's hparams_search configs use it: no journal, no joining."""
+    for _ in range(2):
+        out = run(tmp_path, "sphere", "hydra.sweeper.storage=null", "hydra.sweeper.n_trials=3")
+        assert out.returncode == 0, out.stderr
+        assert "study 'hexsweep': 3 trials: 3 complete" in out.stderr
+    assert not (tmp_path / "outputs" / "optuna").exists()
+    assert "in memory" in (tmp_path / "sweep" / "study.md").read_text()
+
+
+def test_joining_a_study_searched_over_another_space_stops_before_any_trial(tmp_path):
+    assert run(tmp_path, "sphere", "hydra.sweeper.n_trials=2").returncode == 0
+    out = run(tmp_path, "sphere", "hydra.sweeper.n_trials=2", "x=choice(a, b)")  # x: another kind
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hexsweep: error: study 'hexsweep' in ") and "was searched over {x: " in last
+    assert "this search is over {x: CategoricalDistribution" in last and "hydra.sweeper.study_name" in last
+    assert len(study(tmp_path).trials) == 2
+
+
+def test_the_removed_motpe_sampler_gives_the_official_message(tmp_path):
+    out = run(tmp_path, "pair", "hydra/sweeper/sampler=motpe")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "hexsweep: error: The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' "
+        "instead. TPESampler now handles multi-objective optimization.")

@@ -28,14 +28,14 @@ def driver_dead(driver: dict[str, Any], sweep_dir: Path) -> bool:
     return driver_alive(driver.get("sweep_dir"), driver.get("host")) is False
 
 
-def paused_trials(study: optuna.Study, sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+def paused_trials(study: optuna.Study, sweep_dir: Path, app: Any) -> list[optuna.trial.FrozenTrial]:
     """The trials an interrupted run of this sweep folder left paused (``pause``), whose driver
     is gone: a resume of the same folder continues them, in their own trials."""
     paused = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         driver, job_dir = t.user_attrs.get("driver") or {}, t.user_attrs.get("job_dir")
         if t.user_attrs.get("paused") and driver.get("sweep_dir") == str(sweep_dir) and job_dir \
-                and (Path(job_dir) / "last.pt").exists() and driver_dead(driver, sweep_dir):
+                and app.can_continue(Path(job_dir)) and driver_dead(driver, sweep_dir):
             paused.append(t)
     return paused
 

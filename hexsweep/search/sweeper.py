@@ -433,7 +433,7 @@ class OptunaSearch:
         own(sweep_dir, wait=self.app.waits_for_owner(cfg))  # one driver per sweep folder
         # after own(): a driver of this folder that resume=wait waited for has ended (and paused its trials)
         async_jobs = hasattr(self.launcher, "launch_async")
-        paused = paused_trials(study, sweep_dir) if cfg.get("resume") and async_jobs else []
+        paused = paused_trials(study, sweep_dir, self.app) if cfg.get("resume") and async_jobs else []
         fail_orphans(study, storage, sweep_dir, paused, int(self.p.get("retry_failed") or 0))
         continued = {t.number for t in paused}
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")

@@ -181,6 +181,10 @@ class JobApp:
         """Whether a job stopped by Ctrl-C can continue later in the same trial (its state saved)."""
         return False
 
+    def can_continue(self, job_dir: Path) -> bool:
+        """Whether a paused job's folder still holds the state it would continue from."""
+        return False
+
     def resume_overrides(self) -> list[str]:
         """What a paused job's overrides get to continue from its saved state."""
         return []

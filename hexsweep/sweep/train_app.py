@@ -128,7 +128,10 @@ class TrainApp(JobApp):
         return bigger and all(params.get(k) == v for k, v in others.items())
 
     def pauses(self, outcome: Any) -> bool:
-        return outcome.status == INTERRUPTED and (outcome.job_dir / "last.pt").exists()
+        return outcome.status == INTERRUPTED and self.can_continue(outcome.job_dir)
+
+    def can_continue(self, job_dir: Path) -> bool:
+        return (job_dir / "last.pt").exists()  # the complete training state (trainer.py)
 
     def resume_overrides(self) -> list[str]:
         return ["resume=true"]
