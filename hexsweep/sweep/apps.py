@@ -10,7 +10,6 @@ for its task function with ``@job_app(...)`` under ``@hydra.main``. Every other 
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.cli import first_line
 from hexsweep.devices import usable_cores
-from hexsweep.resources.assign import cpu_share, job_env  # noqa: F401  (the runner's imports; decided there)
 from hexsweep.pruners import SETTINGS as PRUNER_KEYS
+from hexsweep.resources.assign import cpu_share, job_env  # noqa: F401  (the runner's imports; decided there)
 
 
 @dataclass
