@@ -6,9 +6,9 @@ import sys
 
 import pandas as pd
 
+from hexsweep.lifecycle import train_job_recorded
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.files import write_report
-from hexsweep.train import train_job_recorded
 
 
 def _result(status, objective, overrides, **extra):

@@ -9,7 +9,7 @@ import pytest
 from hexsweep.atomic import read_jsonl
 from hexsweep.calibration import STAGES, reliability, stage_of, value_detail
 from hexsweep.errors import ConfigError
-from hexsweep.train import train_job
+from hexsweep.lifecycle import train_job
 
 
 def test_a_perfectly_calibrated_predictor_has_ece_about_zero():

@@ -16,7 +16,7 @@ LAYERS = {
     "hexsweep.probe": ENTRY, "hexsweep.tournament": ENTRY,
     "hydra_plugins.hexsweep_launcher": ENTRY, "hydra_plugins.hexsweep_optuna": ENTRY,
     "hexsweep.sweep": SWEEP, "hexsweep.search": SWEEP, "hexsweep.report": SWEEP,
-    "hexsweep.jobfolder": JOB,
+    "hexsweep.jobfolder": JOB, "hexsweep.lifecycle": JOB,
     "hexsweep.config": LIBRARY, "hexsweep.data": LIBRARY, "hexsweep.hex": LIBRARY, "hexsweep.model": LIBRARY,
     "hexsweep.trainer": LIBRARY, "hexsweep.evaluate": LIBRARY, "hexsweep.faults": LIBRARY,
     "hexsweep.resources": LIBRARY, "hexsweep.cli": LIBRARY, "hexsweep.provenance": LIBRARY,

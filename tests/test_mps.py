@@ -130,9 +130,10 @@ def test_admission_on_mps_waits_for_unified_memory_then_goes_on(fake_mps, tmp_pa
 
 
 def test_mps_out_of_memory_is_oom_retried_and_blocked_by_the_sweeper(tiny_cfg, tmp_path, monkeypatch):
-    from hexsweep.search.sweeper import OptunaSearch
+    from hexsweep.lifecycle import train_job_recorded
+    from hexsweep.search.trials import Trials
+    from hexsweep.sweep.train_app import TRAIN_APP
     from hexsweep.tracking import End
-    from hexsweep.train import train_job_recorded
 
     assert is_oom(RuntimeError(MPS_OOM)) and is_oom(torch.OutOfMemoryError("CUDA out of memory"))
     assert not is_oom(RuntimeError("MPS backend failed to compile a shader")) and not is_oom(MemoryError())
@@ -145,12 +146,13 @@ def test_mps_out_of_memory_is_oom_retried_and_blocked_by_the_sweeper(tiny_cfg, t
 
     study = optuna.create_study()
     study.enqueue_trial({"batch_size": 256})
-    trial = study.ask({"batch_size": CategoricalDistribution([128, 256, 512])})
-    search = OptunaSearch({})
-    assert search._tell_outcome(study, trial, tmp_path / "oom") == "failed"
+    space = {"batch_size": CategoricalDistribution([128, 256, 512])}
+    trial = study.ask(space)
+    trials = Trials(study, TRAIN_APP, None, {}, "s", space, [], ["minimize"], tmp_path, None)
+    assert trials.finish(trial, tmp_path / "oom") == "failed"
     assert study.trials[0].user_attrs["oom_batch_size"] == 256
-    assert search._oom_blocked(study, {"batch_size": 512}) == trial.number  # not proposed again
-    assert search._oom_blocked(study, {"batch_size": 128}) is None
+    assert trials.oom_blocked({"batch_size": 512}) == trial.number  # not proposed again
+    assert trials.oom_blocked({"batch_size": 128}) is None
 
 
 def test_the_probe_takes_an_mps_out_of_memory_error_as_the_limit(tiny_cfg, monkeypatch):
@@ -191,7 +193,7 @@ def test_monitor_shows_the_mps_gpu_and_each_jobs_share(fake_mps, tmp_path):
 def test_a_sweeps_job_on_mps_records_its_gpu_peak_in_the_table(fake_mps, tiny_cfg, tmp_path, monkeypatch):
     """train_job in a sweep: the MPS slot, its share, and peak_gpu_mem_mb from the sampler (torch
     has no peak counter on MPS). The training itself runs on the CPU: there is no MPS GPU here."""
-    from hexsweep import train
+    from hexsweep import lifecycle as train
     from hexsweep.report.aggregate import aggregate
 
     monkeypatch.setattr(train, "resolve_device", lambda spec: torch.device("cpu"))

@@ -261,7 +261,7 @@ def test_no_step_boundary_in_time_hands_over_anyway(under_submitit, monkeypatch)
 
 
 def test_a_job_submitit_will_not_requeue_ends_failed_saying_why(tmp_path):
-    from hexsweep.train import hand_over_preemption
+    from hexsweep.lifecycle import hand_over_preemption
     from hexsweep.trainer import Stopped
 
     def refuse():

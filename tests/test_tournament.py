@@ -13,9 +13,9 @@ from hexsweep.arena import Match, TournamentError, balanced_openings, play, trmp
 from hexsweep.data.import_trmph import parse_line, replay
 from hexsweep.hex.board import BLACK
 from hexsweep.hex.players import RandomPlayer, ShortestPathPlayer
+from hexsweep.lifecycle import train_job
 from hexsweep.report.stats import fit_elo
 from hexsweep.tournament import separation_warnings
-from hexsweep.train import train_job
 
 
 def _matches(openings, pairings):

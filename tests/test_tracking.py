@@ -16,9 +16,9 @@ from hexsweep.atomic import read_jsonl
 from hexsweep.cli import compose
 from hexsweep.errors import ConfigError
 from hexsweep.jobfolder import JobFolder, record_death
+from hexsweep.lifecycle import train_job
 from hexsweep.sweep.callbacks import finish_tracking
 from hexsweep.tracking import PARENT_FILE, enabled, open_trackers, start_sweep
-from hexsweep.train import train_job
 
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                                   reason="MLflow is not installed: pip install -e '.[mlflow]'")

@@ -14,7 +14,7 @@ from hexsweep.config import validate
 from hexsweep.data.dataset import HexDataset
 from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.hex.encoding import encode_batch, legal_mask
-from hexsweep.train import train_job
+from hexsweep.lifecycle import train_job
 from hexsweep.trainer import CHECKPOINT_VERSION, load_checkpoint
 
 
