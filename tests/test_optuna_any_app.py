@@ -179,3 +179,27 @@ def test_the_removed_motpe_sampler_gives_the_official_message(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (
         "hexsweep: error: The 'motpe' sampler was removed in Optuna 4.0. Use 'hydra/sweeper/sampler=tpe' "
         "instead. TPESampler now handles multi-objective optimization.")
+
+
+def test_a_journal_that_cannot_grow_mid_search_ends_it_in_one_line(tmp_path):
+    """A full disk, as the journal meets it: writes past the file size limit fail (EFBIG; Python
+    ignores SIGXFSZ). The search stops asking, keeps what finished, and exits 1 with one line."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    (tmp_path / "conf").mkdir()
+    OmegaConf.save(OmegaConf.create(CONFIGS["sphere"]), tmp_path / "conf" / "sphere.yaml")
+    (tmp_path / "sphere.py").write_text(textwrap.dedent(SPHERE.format(config="sphere")))
+    out = subprocess.run([sys.executable, "sphere.py", "-m", "hydra/launcher=hexsweep", "hydra.launcher.progress=off",
+                          "hydra/sweeper/sampler=random", "hydra.sweep.dir=sweep", "hydra.sweeper.n_trials=60",
+                          "hydra.sweeper.n_jobs=1"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         preexec_fn=small_files)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hexsweep: error: the Optuna storage ") and "cannot be written (File too large)" in last
+    assert "studies.journal" in last
+    done = [t for t in study(tmp_path).trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 0 < len(done) < 60  # what finished is kept (the torn last line is cut off when read again)

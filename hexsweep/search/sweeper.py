@@ -207,8 +207,8 @@ class AsyncLoop:
     moment a job ends. Paused trials of an interrupted run of this folder go first."""
 
     def __init__(self, trials: Trials, app: JobApp, remaining: int, n_trials: int, resume: bool,
-                 paused: list, max_failure_rate: float) -> None:
-        self.trials, self.app = trials, app
+                 paused: list, max_failure_rate: float, storage_spec: str | None = None) -> None:
+        self.trials, self.app, self.storage_spec = trials, app, storage_spec
         self.remaining, self.n_trials, self.resume = remaining, n_trials, resume
         self.paused, self.max_failure_rate = paused, max_failure_rate
         self.running: dict[int, Prepared] = {}
@@ -234,7 +234,7 @@ class AsyncLoop:
                     return self._run(job)
                 self.stopped = self.trials.failure_check(self.max_failure_rate)  # a trial that could not start
         except OSError as e:  # the storage cannot be written (a full disk, a read-only file)
-            self.stopped = storage_failed(e)
+            self.stopped = storage_failed(e, self.storage_spec)
         return None
 
     def _run(self, job: Prepared) -> DictConfig:
@@ -251,16 +251,17 @@ class AsyncLoop:
             if self.stopped is None:
                 self.stopped = self.trials.failure_check(self.max_failure_rate)
         except OSError as e:
-            self.stopped = storage_failed(e)
+            self.stopped = storage_failed(e, self.storage_spec)
 
     def beating(self) -> list[int]:
         """The trials to keep alive: running ones, and paused ones not restarted yet."""
         return [j.trial._trial_id for j in list(self.running.values())] + [t._trial_id for t in list(self.paused)]
 
 
-def storage_failed(e: OSError) -> str:
-    where = f" {e.filename}" if getattr(e, "filename", None) else ""
-    return f"the Optuna storage{where} cannot be written ({e.strerror or e}): no more trials started"
+def storage_failed(e: OSError, spec: str | None) -> str:
+    where = redact(spec) if spec else (e.filename or "in memory")
+    return (f"the Optuna storage {where} cannot be written ({e.strerror or e}): no more trials started; "
+            "the trial it could not record is failed as orphaned by the next search of this study")
 
 
 def run_batches(trials: Trials, launcher: Any, remaining: int, n_jobs: int, max_failure_rate: float) -> str | None:
@@ -449,7 +450,7 @@ class OptunaSearch:
         interrupted = False
         if async_jobs:
             loop = AsyncLoop(trials, self.app, max(remaining, 0), n_trials, bool(cfg.get("resume")), paused,
-                             max_failure_rate)
+                             max_failure_rate, storage_spec)
             try:
                 with Heartbeat(storage, study, loop.beating):
                     self.launcher.launch_async(loop.feed, loop.done, max(remaining, 0) + len(paused), n_jobs)
