@@ -278,7 +278,7 @@ def test_a_resume_starts_afresh_from_any_last_pt_it_cannot_use(tmp_path, data_ro
     each afresh, saying why, completes it, and leaves no temp file."""
     import torch
 
-    from hexsweep.train import train_job
+    from hexsweep.lifecycle import train_job
 
     args = ["seed=0,1,2", "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "hydra.launcher.n_jobs=2"]
     train_job(tiny_cfg(*args[1:3]), tmp_path / "base")  # a real last.pt to damage

@@ -39,7 +39,7 @@ OOM = """
 import torch
 from hexsweep.devices import is_oom
 from hexsweep.tracking import End
-from hexsweep.train import classify_failure
+from hexsweep.lifecycle import classify_failure
 total = torch.cuda.get_device_properties(0).total_memory
 try:
     torch.empty(2 * total, dtype=torch.uint8, device="cuda:0")
