@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING
 from hexsweep.naming import host
-from hexsweep.sweep import owner, process
+from hexsweep.sweep import owner, process, stopping
 from hexsweep.sweep.apps import JobApp, app_for, job_env
 from hexsweep.sweep.manifest import record_outcome
 from hexsweep.sweep.progress import SweepProgress
@@ -268,7 +268,8 @@ class SweepDriver:
         """Keep up to n_jobs running, taking configs from ``feed`` (None: nothing more for now),
         until ``feed`` has nothing and no job runs. Raises SweepInterrupted on Ctrl-C/SIGTERM/SIGHUP
         (a closed terminal: the job server and resource tracker ignore it, sweep/process.py)."""
-        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        stops = (signal.SIGTERM, *stopping.heeded((signal.SIGHUP,)))  # SIGHUP unless nohup ignores it
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stops}
         try:
             with self.progress:
                 try:

@@ -20,6 +20,13 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+
+def heeded(signals: tuple[int, ...] = STOP_SIGNALS) -> list[int]:
+    """The stop signals this process was not told to ignore: under ``nohup`` SIGHUP stays
+    ignored (the sweep survives its terminal), as does SIGINT for a job started with ``&``
+    by a non-interactive shell."""
+    return [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
+
 _requested: str | None = None
 _previous: dict[int, Any] | None = None
 
@@ -38,7 +45,7 @@ def defer() -> None:
     """From now on a stop request is remembered, not obeyed (until ``finishing`` ends)."""
     global _previous
     if _previous is None:
-        _previous = {sig: signal.signal(sig, _remember) for sig in STOP_SIGNALS}
+        _previous = {sig: signal.signal(sig, _remember) for sig in heeded()}
 
 
 def _restore() -> None:

@@ -74,7 +74,8 @@ def exit_on_error(fn: Callable[[], Any], reports: bool = False) -> Any:
     from hexsweep.sweep import stopping
     from hexsweep.sweep.driver import SweepInterrupted
 
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    stops = (signal.SIGTERM, *stopping.heeded((signal.SIGHUP,)))  # SIGHUP unless nohup ignores it
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stops}
     ended = False
     try:
         out = fn()
