@@ -86,7 +86,9 @@ def test_a_job_waiting_for_another_jobs_dataset_is_not_stalled(tmp_path, tiny_da
     data.mkdir()
     folder = dataset_folder(compose(TINY).data, data)
     lock = FileLock(str(folder) + ".lock")
-    with lock, launched(sweep_cmd(tmp_path, data, "trainer.epochs=1", "hydra.launcher.stall_timeout_s=3")) as proc:
+    cmd = sweep_cmd(tmp_path, data, "trainer.epochs=1", "trainer.max_steps_per_epoch=3", "strength.games=0",
+                    "hydra.launcher.stall_timeout_s=3")
+    with lock, launched(cmd) as proc:
         wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)  # its next step: the dataset
         time.sleep(6)  # twice the stall timeout
         shutil.copytree(tiny_dataset, folder)  # as the generating job would: whole, then unlock
@@ -157,7 +159,7 @@ def test_sigterm_while_the_report_is_written_waits_for_the_report(tmp_path, data
     """SIGTERM after the last job ended, while the driver writes the report (results.csv is its
     first file, report.md its last): the report is finished, then the sweep ends as an
     interrupted one does (resume line, 130), not killed without its report."""
-    with launched(sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=1")) as proc:
+    with launched(sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=3")) as proc:
         table = wait_for(lambda: next((tmp_path / "multirun").glob("*/*/results.csv"), None), timeout=240,
                          poll=0.005)
         written = (table.parent / "report.md").exists()
