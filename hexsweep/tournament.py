@@ -51,9 +51,24 @@ REFERENCE = "shortest_path"
 MAX_GAMES = 2000  # per pairing: past this, "play more games" is not an answer
 
 
-def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str, list[str]]:
+def race_survivor_jobs(sweep: Path) -> set[str]:
+    """The job folders of the configurations a race (``search=race``) kept, from its race.json."""
+    import json
+
+    try:
+        race = json.loads((sweep / "race.json").read_text())
+        kept = {i for i, c in enumerate(race["configs"]) if not c["eliminated"]}
+        return {str(Path(j["job_dir"]).resolve()) for j in race["jobs"] if j["config"] in kept and j.get("job_dir")}
+    except FileNotFoundError:
+        raise TournamentError(f"--survivors: {sweep} holds no race (race.json; search=race writes it)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TournamentError(f"--survivors: {sweep / 'race.json'} cannot be read: {e}") from None
+
+
+def select_jobs(sweep: Path, top: int, survivors: bool = False) -> tuple[pd.DataFrame, str, list[str]]:
     """The ``top`` best finished jobs of the sweep whose ``best.pt`` loads, best first; and why each
-    better job's best.pt was skipped (damaged, truncated, foreign: it cannot play)."""
+    better job's best.pt was skipped (damaged, truncated, foreign: it cannot play). With
+    ``survivors``: the best job of each configuration a race kept (one network per configuration)."""
     from hexsweep.trainer import CheckpointError, load_checkpoint  # torch: only once there is a sweep
 
     df = aggregate([sweep])
@@ -66,6 +81,12 @@ def select_jobs(sweep: Path, top: int) -> tuple[pd.DataFrame, str, list[str]]:
     if ok.empty:
         raise TournamentError(f"no finished job with a best.pt in {sweep} (trainer.checkpoints=true writes it)")
     ok = ok.sort_values("objective", ascending=direction == "minimize", kind="stable")
+    if survivors:
+        kept = race_survivor_jobs(sweep)
+        ok = ok[[str(Path(d).resolve()) in kept for d in ok["job_dir"]]].drop_duplicates("group")
+        if ok.empty:
+            raise TournamentError("--survivors: no job of the race's surviving configurations has a best.pt "
+                                  f"in {sweep}")
     chosen, skipped = [], []
     for i, row in enumerate(ok.itertuples()):
         if len(chosen) == top:
@@ -170,7 +191,7 @@ def tables(games: list[arena.GameRecord], labels: dict[str, str]) -> tuple[pd.Da
 
 
 def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | None = None, seed: int = 0,
-                   prior_draws: float = 1.0, progress: bool = True) -> dict[str, Any]:
+                   prior_draws: float = 1.0, progress: bool = True, survivors: bool = False) -> dict[str, Any]:
     """Play, rate and write the tournament of ``sweep``; returns tournament.json's content."""
     if games < 2 or games % 2:
         raise TournamentError(f"--games {games} is invalid: allowed an even integer >= 2 (each opening is "
@@ -179,7 +200,7 @@ def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | No
         raise TournamentError(f"--top {top} is invalid: allowed an integer >= 1")
     if workers is not None and workers < 1:
         raise TournamentError(f"--workers {workers} is invalid: allowed an integer >= 1")
-    jobs, direction, skipped = select_jobs(sweep, top)
+    jobs, direction, skipped = select_jobs(sweep, top, survivors)
     for line in skipped:
         print(f"hexsweep: warning: {line}", file=sys.stderr)
     results = {row.job_dir: read_result(row.job_dir) or {} for row in jobs.itertuples()}
@@ -286,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="openings and the reference players' moves")
     parser.add_argument("--prior-draws", type=float, default=1.0,
                         help="virtual drawn games per pairing in the Elo fit (keeps a clean sweep finite)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="after a race (search=race): the best job of each configuration it kept (at most --top)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.sweep.is_dir():
@@ -294,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--prior-draws {args.prior_draws} is invalid: allowed a number >= 0")
     try:
         t = run_tournament(args.sweep.resolve(), args.top, args.games, args.workers, args.seed, args.prior_draws,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, survivors=args.survivors)
     except HexsweepError as e:
         fail(str(e))
     print(tournament_text(t))

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
+from hexsweep.race.output import RACE_JSON, race_section
 from hexsweep.report.aggregate import OK, load_best_rows, load_curves, provenance_warning
 from hexsweep.report.stats import CONFIDENCE, MAX_SEEDS, group_stats, more_seeds_command
 
@@ -142,7 +143,10 @@ def compare_best(table: pd.DataFrame, ok: pd.DataFrame) -> dict[str, Any] | None
     out["seeds_needed"] = need
     rows = ok[ok["group"].isin([best, runner])]
     sweep = Path(str(rows["sweep"].iloc[0])) if "sweep" in rows and len(rows) else None
-    if sweep is not None:
+    if sweep is not None and (sweep / RACE_JSON).exists():
+        out["note"] = (f"a race ran these jobs ({RACE_JSON}): its own verdict is below; continue it with a larger "
+                       "hydra.sweeper.max_seeds and resume=true, in the same folder")
+    elif sweep is not None:
         out["command"] = more_seeds_command(sweep, need, ok[ok["sweep"] == str(sweep)])
     return out
 
@@ -576,6 +580,8 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
         lines += [f"**Best job**: {b['job_num']} `{b['label']}`: {s['objective_metric']} = "
                   f"{b['objective']:.4f} ({b['job_dir']})", ""]
     lines += comparison_lines(s)
+    for sweep in s["sweeps"]:  # a race's eliminations and verdict (hexsweep/race/output.py)
+        lines += race_section(Path(sweep), out_dir_of(s))
     lines += tournament_lines(s, out_dir_of(s))
     lines += detail_lines(s)
     if s["failed"]:

@@ -1,0 +1,230 @@
+"""Racing (hydra/sweeper=hexsweep_race): the decisions in-process on synthetic numbers, then real
+races of a fast synthetic plain Hydra app whose configurations have known means and whose noise
+comes from the seed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+
+from hexsweep.race.plan import COMPLETED, Race, RaceJob
+from hexsweep.race.stats import RaceDecider, conover_friedman
+
+
+def synthetic(means, seeds: int, rng, shared: float = 0.6, own: float = 0.4) -> np.ndarray:
+    """(configurations x seeds) objectives: the mean, a seed effect shared by every configuration
+    (what pairing removes) and each run's own noise."""
+    seed_effect = rng.normal(0.0, shared, seeds)
+    return np.asarray(means, float)[:, None] + seed_effect[None, :] + rng.normal(0.0, own, (len(means), seeds))
+
+
+def run_decider(values: np.ndarray, test: str, alpha: float = 0.05, min_seeds: int = 3, max_seeds: int = 20):
+    """A race on a fixed table: each round every survivor finishes its next seed."""
+    d = RaceDecider(len(values), "minimize", alpha, min_seeds, max_seeds, test)
+    finished = np.zeros(values.shape, dtype=bool)
+    for k in range(max_seeds):
+        finished[d.alive, k] = True
+        d.update(values, finished)
+        if d.done:
+            break
+    return d
+
+
+@pytest.mark.parametrize("test", ["friedman", "paired_t"])
+def test_false_eliminations_among_identical_configurations_stay_within_alpha(test):
+    """Many races of 4 identical configurations: any elimination is false. Its count must be
+    one that a procedure whose false-elimination rate is exactly alpha would reach with at
+    least 1% chance (binomial, from scipy); testing at alpha at every look instead (no
+    correction over the looks) eliminates falsely in about a fifth of the races and fails this."""
+    rng = np.random.default_rng(2025)
+    races, alpha = 120, 0.05
+    false = sum(bool(run_decider(synthetic([0.0] * 4, 20, rng), test, alpha).eliminations) for _ in range(races))
+    bound = int(stats.binom.ppf(0.99, races, alpha))
+    assert false <= bound, f"{false} of {races} races eliminated a configuration (allowed {bound})"
+
+
+@pytest.mark.parametrize("test", ["friedman", "paired_t"])
+def test_the_race_keeps_the_best_and_drops_the_clearly_worse_early(test):
+    rng = np.random.default_rng(7)
+    values = synthetic([0.0, 0.1, 2.0, 3.0, 4.0], 20, rng)
+    d = run_decider(values, test)
+    assert 0 in d.alive
+    out = {e.config: e.seeds for e in d.eliminations}
+    assert set(out) >= {2, 3, 4} and max(out[c] for c in (2, 3, 4)) <= 6, out
+
+
+def test_conover_matches_the_rank_sum_formula():
+    """Perfectly concordant blocks have no residual rank variance: the Friedman gate decides."""
+    r, p, pairs = conover_friedman(np.array([[1.0, 1.1, 0.9], [2.0, 2.2, 1.9], [3.0, 3.1, 3.3]]))
+    assert list(r) == [3.0, 6.0, 9.0] and pairs == [(0, 1), (0, 2), (1, 2)] and list(p) == [0.0, 0.0, 0.0]
+    blocks = np.array([[1.0, 2.0, 3.0, 1.0], [2.0, 1.0, 1.0, 3.0], [3.0, 3.0, 2.0, 2.0]])
+    r, p, _ = conover_friedman(blocks)
+    b, k = 4, 3
+    a = float((stats.rankdata(blocks, axis=0) ** 2).sum())
+    t = abs(r[0] - r[2]) / np.sqrt(2 * (b * a - (r**2).sum()) / ((b - 1) * (k - 1)))
+    assert p[1] == pytest.approx(2 * stats.t.sf(t, (b - 1) * (k - 1)))
+
+
+def simulate(race: Race, values: np.ndarray, slots: int, stop_after: int | None = None) -> list[int]:
+    """The asynchronous loop with ``slots`` jobs at once, each job taking 1 + (seed index % 3)
+    time units; returns how many jobs ran at every moment some job ended."""
+    running: list[tuple[float, RaceJob]] = []
+    now, busy = 0.0, []
+    while True:
+        while len(running) < slots and (stop_after is None or race.jobs_started() < stop_after):
+            pick = race.next_job()
+            if pick is None:
+                break
+            if isinstance(pick, RaceJob):
+                pick.state, job = "running", pick
+            else:
+                job = race.start(max(race.jobs, default=-1) + 1, *pick)
+            running.append((now + 1 + job.seed_index % 3, job))
+        if not running:
+            return busy
+        busy.append(len(running))
+        running.sort(key=lambda x: x[0])
+        now, job = running.pop(0)
+        race.finish(job.num, COMPLETED, values[job.config, job.seed_index])
+
+
+def new_race(n: int, **kw) -> Race:
+    return Race([[f"arm={i}"] for i in range(n)], [f"arm={i}" for i in range(n)], list(range(20)), **kw)
+
+
+def test_asynchronous_scheduling_keeps_every_slot_busy_and_gives_the_fewest_seeds_first():
+    rng = np.random.default_rng(3)
+    values = synthetic([0.0, 0.05, 1.5, 3.0], 20, rng)
+    race = new_race(4)
+    busy = simulate(race, values, slots=3)
+    last_start = max(j.num for j in race.jobs.values())
+    # every slot is busy until the race has nothing more to start (no round barrier)
+    assert all(b == 3 for b in busy[:last_start - 2]), busy
+    counts = [len(race.started(c)) for c in race.alive]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_resume_recomputes_the_same_eliminations_and_finishes_the_same_race():
+    rng = np.random.default_rng(11)
+    values = synthetic([0.0, 0.3, 1.0, 2.5], 20, rng)
+    whole = new_race(4)
+    simulate(whole, values, slots=2)
+    half = new_race(4)
+    simulate(half, values, slots=2, stop_after=14)
+    saved = json.loads(json.dumps(half.summary()))  # as race.json holds it
+    again = new_race(4)
+    again.restore(saved["jobs"])
+    assert [(e.config, e.seeds) for e in again.decider.eliminations] == \
+        [(e.config, e.seeds) for e in half.decider.eliminations]
+    assert len(again.jobs) == 14
+    simulate(again, values, slots=2)
+    assert [(e.config, e.seeds) for e in again.decider.eliminations] == \
+        [(e.config, e.seeds) for e in whole.decider.eliminations]
+    assert again.verdict()["text"] == whole.verdict()["text"]
+
+
+# ---- real races through Hydra ---------------------------------------------------------------
+
+APP = '''
+import json, os, time
+import hydra
+import numpy as np
+
+MEANS = {"a": 0.0, "b": 0.05, "c": 2.0, "d": 4.0}
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def task(cfg):
+    if cfg.fail:
+        raise RuntimeError("this arm always fails")
+    log = os.path.join(cfg.events, f"{cfg.arm}-{cfg.seed}")
+    open(log + ".start", "w").close()
+    time.sleep(cfg.sleep * (1 + cfg.seed % 3))
+    shared = np.random.default_rng(cfg.seed).normal(0, 0.5)
+    own = np.random.default_rng([cfg.seed, ord(cfg.arm)]).normal(0, 0.2)
+    open(log + ".end", "w").close()
+    return MEANS[cfg.arm] + shared + own
+
+if __name__ == "__main__":
+    task()
+'''
+
+
+@pytest.fixture
+def race_app(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "events").mkdir()
+    OmegaConf.save(OmegaConf.create({
+        "defaults": [{"override hydra/sweeper": "hexsweep_race"}, "_self_"],
+        "arm": "a", "seed": 0, "fail": False, "sleep": 0.0, "events": str(tmp_path / "events"),
+        "hydra": {"sweeper": {"max_seeds": 8}}}), tmp_path / "conf" / "config.yaml")
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+
+    def run(*args: str, launcher: str = "hexsweep") -> subprocess.CompletedProcess:
+        extra = ["hydra.launcher.progress=off", "hydra.launcher.n_jobs=2"] if launcher == "hexsweep" else []
+        return subprocess.run([sys.executable, "app.py", "-m", f"hydra/launcher={launcher}", *extra,
+                               "hydra.sweep.dir=sweep", "arm=a,b,c,d", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+def race_json(tmp_path) -> dict:
+    return json.loads((tmp_path / "sweep" / "race.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_plain_app_races_asynchronously_and_resumes_mid_race(tmp_path, race_app):
+    out = race_app("hydra.sweeper.budget_jobs=10")
+    assert out.returncode == 0, out.stderr
+    first = race_json(tmp_path)
+    assert first["ended_by"] == "the budget (budget_jobs=10)" and first["jobs_run"] == 10
+    out = race_app("hydra.launcher.resume=true")
+    assert out.returncode == 0, out.stderr
+    s = race_json(tmp_path)
+    by = {c["label"]: c for c in s["configs"]}
+    assert not by["arm=a"]["eliminated"]
+    assert by["arm=c"]["eliminated"] and by["arm=d"]["eliminated"]
+    assert by["arm=d"]["eliminated_at_seeds"] <= 5
+    assert by["arm=d"]["p_value"] < s["level_per_look"]
+    # the 10 jobs of the first run counted: none ran twice
+    starts = sorted(p.name for p in (tmp_path / "events").glob("*.start"))
+    assert len(starts) == s["jobs_run"] == len({(j["config"], j["seed"]) for j in s["jobs"]})
+    assert s["jobs_run"] < s["grid_jobs"]
+    assert (tmp_path / "sweep" / "race.png").stat().st_size > 0
+    md = (tmp_path / "sweep" / "race.md").read_text()
+    assert "arm=d` after" in md and s["verdict"]["text"] in md
+
+
+@pytest.mark.slow
+def test_under_another_launcher_the_race_runs_in_batches(tmp_path, race_app):
+    out = race_app("hydra.sweeper.test=paired_t", launcher="basic")
+    assert out.returncode == 0, out.stderr
+    s = race_json(tmp_path)
+    by = {c["label"]: c for c in s["configs"]}
+    assert not by["arm=a"]["eliminated"] and by["arm=d"]["eliminated"]
+
+
+@pytest.mark.slow
+def test_a_race_whose_every_job_fails_exits_1_in_one_line(tmp_path, race_app):
+    out = race_app("fail=true")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hexsweep: error: no job of the race completed (12 jobs: 12 failed)"), out.stderr
+    assert "this arm always fails" in last
+
+
+def test_bad_race_settings_are_one_line_before_any_job(tmp_path, race_app):
+    out = race_app("hydra.sweeper.test=anova")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == \
+        "hexsweep: error: hydra.sweeper.test=anova is invalid: allowed friedman or paired_t"
+    out = race_app("seed=1,2")
+    assert out.returncode == 2 and "seed is set by the race" in out.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "events").iterdir())
