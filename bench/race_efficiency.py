@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -49,15 +50,25 @@ def common_args(args: argparse.Namespace, outputs: Path) -> list[str]:
             "hydra.launcher.progress=off", "trainer.checkpoints=false"]
 
 
+def grid_done(grid: Path, max_seeds: int) -> bool:
+    done = [r for job in grid.glob("*/") if (r := read_result(job)) and r.get("status") == COMPLETED]
+    return len(done) >= 6 * max_seeds
+
+
 def run_grid(args: argparse.Namespace, outputs: Path) -> Path:
+    """The grid, or what it lacks: a grid folder an earlier run left unfinished is resumed (its
+    completed jobs are kept)."""
     grid = outputs / "grid"
-    if not (grid / "results.csv").exists():
+    if not grid_done(grid, args.max_seeds):
         cmd = hexsweep_cmd("-m", f"seed=range(0,{args.max_seeds})", "experiment=glob(*)",
-                           *common_args(args, outputs), f"hydra.sweep.dir={grid}")
-        wall, _, err = run_timed(cmd)
+                           *common_args(args, outputs), f"hydra.sweep.dir={grid}",
+                           *(["resume=true"] if grid.exists() else []))
+        try:
+            wall, _, _ = run_timed(cmd)
+        except SystemExit as e:  # some jobs failed: the table below says how many completed
+            print(f"the grid had failures: {str(e)[-1500:]}", file=sys.stderr)
+            wall = math.nan
         print(f"grid: {args.max_seeds} seeds x 6 experiments in {wall:.0f} s", file=sys.stderr)
-        if not (grid / "results.csv").exists():
-            raise SystemExit(f"the grid did not finish:\n{err[-2000:]}")
     return grid
 
 
