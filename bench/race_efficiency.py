@@ -38,7 +38,7 @@ from common import hexsweep_cmd, run_timed
 
 from hexsweep.jobfolder import read_result
 from hexsweep.race.plan import COMPLETED, FAILED, Race, RaceJob
-from hexsweep.race.stats import RaceDecider, paired_t_all
+from hexsweep.race.stats import RaceDecider, paired_t_all, seed_correlation
 from hexsweep.sweep.driver import common_overrides, job_label
 
 JOBS_TARGET = 0.5
@@ -69,6 +69,7 @@ def run_grid(args: argparse.Namespace, outputs: Path) -> Path:
             print(f"the grid had failures: {str(e)[-1500:]}", file=sys.stderr)
             wall = math.nan
         print(f"grid: {args.max_seeds} seeds x 6 experiments in {wall:.0f} s", file=sys.stderr)
+        (outputs / "grid_seconds.txt").write_text(f"{wall:.1f}\n")
     return grid
 
 
@@ -155,14 +156,24 @@ def main() -> None:
     outputs.mkdir(parents=True, exist_ok=True)
     grid = run_grid(args, outputs)
     grid_s = time.monotonic() - start
+    timed = outputs / "grid_seconds.txt"
+    reused = grid_s < 60 and timed.exists()  # a grid an earlier run made: its own time
+    if reused:
+        grid_s = float(timed.read_text())
     configs, values, durations, direction = read_grid(grid, args.max_seeds)
     common = common_overrides(configs)
     labels = [job_label(c, common) for c in configs]
     best, worse = grid_worse(values, direction, args.test, args.alpha)
     grid_jobs = len(configs) * args.max_seeds
-    print(f"grid: {grid_jobs} jobs, {int(np.isfinite(values).sum())} completed, {grid_s:.0f} s; best "
+    print(f"grid: {grid_jobs} jobs, {int(np.isfinite(values).sum())} completed, {grid_s:.0f} s"
+          f"{' (an earlier run of this script; reused)' if reused else ''}; best "
           f"{labels[best]} (mean {np.nanmean(values[best]):.4f}); worse than it at alpha={args.alpha} on "
           f"{args.max_seeds} seeds: {', '.join(f'{labels[c]} (p={p:.2g})' for c, p in worse.items()) or 'none'}")
+    corr = seed_correlation(values)
+    if corr:
+        print(f"seeds across configurations, all {corr['seeds']} grid seeds: mean Pearson r = {corr['mean_r']:+.2f} "
+              f"(from {corr['min_r']:+.2f} to {corr['max_r']:+.2f}); pairing divides the variance of a difference "
+              f"by {corr['pairing_gain']:.2f} (median over pairs)")
     rng = np.random.default_rng(2025)
     orders = [list(range(args.max_seeds))] + [list(map(int, rng.permutation(args.max_seeds)))
                                               for _ in range(args.orders - 1)]
@@ -196,11 +207,12 @@ def main() -> None:
         print(f"real race, order 1: {real['jobs_run']} jobs in {wall:.0f} s; same eliminations as its replay: "
               f"{got == want}" + ("" if got == want else f" (real {got}, replay {want})"))
     total = time.monotonic() - start
-    print(f"ran {total:.0f} s in all (grid {grid_s:.0f} s), on {args.n_jobs} jobs at once")
-    (outputs / "race_efficiency.json").write_text(json.dumps(
-        {"grid_jobs": grid_jobs, "grid_best": labels[best], "grid_worse": {labels[c]: p for c, p in worse.items()},
-         "orders": results, "seconds": total, "grid_seconds": grid_s, "args": {k: str(v) for k, v in
-                                                                                vars(args).items()}}, indent=1))
+    print(f"ran {total:.0f} s" + (f" now, the grid {grid_s:.0f} s before" if reused else
+                                  f" in all (grid {grid_s:.0f} s)") + f", {args.n_jobs} jobs at once")
+    record = {"grid_jobs": grid_jobs, "correlation": corr, "grid_best": labels[best],
+              "grid_worse": {labels[c]: p for c, p in worse.items()}, "orders": results, "seconds": total,
+              "grid_seconds": grid_s, "args": {k: str(v) for k, v in vars(args).items()}}
+    (outputs / "race_efficiency.json").write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def markdown(s: dict[str, Any], png: str | None, heading: str = "#") -> list[str
     if corr:
         gain = corr.get("pairing_gain")
         helped = "" if gain is None else (
-            f"; pairing by seed divided the variance of a difference by {gain:.2f} on average: "
+            f"; pairing by seed divided the variance of a difference by {gain:.2f} (median over pairs): "
             + ("it helped (an unpaired test would have needed about that many times the seeds)" if gain > 1.1 else
                "it barely mattered" if gain >= 0.9 else "it cost a little (seeds anti-correlate)"))
         lines.append(f"Seeds across configurations: mean Pearson r = {corr['mean_r']:+.2f} "
