@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 RACE_JSON = "race.json"
 
 
+def without_resume(overrides: list[str]) -> list[str]:
+    """A configuration's overrides without ``resume=...``, which a resumed race's command adds."""
+    return [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+
+
 class RaceStopped(HexsweepError):
     """The race ended without an answer: no job of any configuration completed."""
 
@@ -100,7 +105,8 @@ class RaceSearch:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(arguments)
+        # with the config loader, as the basic sweeper: glob() lists the options of a config group
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(arguments)
         key = self.p["seed_key"]
         for o in parsed:
             if o.get_key_element().lstrip("+~") == key and not o.is_hydra_override():
@@ -156,7 +162,7 @@ class RaceSearch:
             jobs = old["jobs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} cannot be read ({e}): it is not a race this version wrote") from None
-        if old_configs != race.configs:
+        if [without_resume(c) for c in old_configs] != [without_resume(c) for c in race.configs]:
             raise ConfigError(f"the race in {sweep_dir} raced other configurations "
                               f"({len(old_configs)}: {', '.join(' '.join(c) for c in old_configs[:3])}...): "
                               "resume it with the same sweep overrides")

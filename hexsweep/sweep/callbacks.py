@@ -69,6 +69,8 @@ class SweepReport(Callback):
                 finish_tracking(config, sweep_dir)
             if not sweep_dir.exists():
                 return
-            optuna_search = "hexsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
-            if status := end_sweep(sweep_dir, search=optuna_search):
+            # a search's (Optuna's, a race's) failed jobs are data: its sweeper decides how it ends
+            target = str(config.hydra.sweeper.get("_target_", ""))
+            search = "hexsweep_optuna" in target or "hexsweep_race" in target
+            if status := end_sweep(sweep_dir, search=search):
                 raise SystemExit(status)
