@@ -194,12 +194,8 @@ class RaceDecider:
         both = np.isfinite(loss).all(axis=0)
         if both.sum() < 2:
             return None, [], np.array([])
-        a, b = loss[0, both], loss[1, both]
-        best = 0 if a.mean() <= b.mean() else 1
-        d = a - b
-        if not np.any(d != 0):
-            return best, [(0, 1)], np.array([1.0])
-        return best, [(0, 1)], np.array([float(stats.wilcoxon(a, b).pvalue)])
+        best = 0 if loss[0, both].mean() <= loss[1, both].mean() else 1
+        return best, [(0, 1)], np.array([wilcoxon_p(loss[0], loss[1])])
 
 
 def _mean_worse(other: np.ndarray, best: np.ndarray) -> bool:
@@ -229,10 +225,21 @@ def conover_friedman(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[t
     denom = 2 * (b * a - float((r**2).sum())) / ((b - 1) * (k - 1))
     pairs = list(combinations(range(k), 2))
     diff = np.array([abs(r[i] - r[j]) for i, j in pairs])
-    if denom <= 0:  # every block ranks the configurations the same: only the omnibus gate judges it
-        return r, np.where(diff > 0, 0.0, 1.0), pairs
+    if denom <= 0:
+        # every block ranks the configurations the same: no residual variance, and Conover's t is
+        # infinite for every pair, also for two configurations that only happened to keep their
+        # order over a few seeds. Each pair then gets the Wilcoxon signed-rank test on its blocks.
+        return r, np.array([wilcoxon_p(blocks[i], blocks[j]) for i, j in pairs]), pairs
     t = diff / math.sqrt(denom)
     return r, 2 * stats.t.sf(t, (b - 1) * (k - 1)), pairs
+
+
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value on the seeds both completed (1 when they never differ)."""
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 2 or not np.any(a[both] != b[both]):
+        return 1.0
+    return float(stats.wilcoxon(a[both], b[both]).pvalue)
 
 
 def paired_t_p(a: np.ndarray, b: np.ndarray) -> float:
