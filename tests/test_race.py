@@ -5,17 +5,21 @@ comes from the seed."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
+from hexsweep.errors import ConfigError
 from hexsweep.race.plan import COMPLETED, Race, RaceJob
 from hexsweep.race.stats import RaceDecider, conover_friedman
+from hexsweep.race.sweeper import RaceSearch
 
 
 def synthetic(means, seeds: int, rng, shared: float = 0.6, own: float = 0.4) -> np.ndarray:
@@ -217,8 +221,9 @@ def test_a_race_whose_every_job_fails_exits_1_in_one_line(tmp_path, race_app):
     out = race_app("fail=true")
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("hexsweep: error: no job of the race completed (12 jobs: 12 failed)"), out.stderr
-    assert "this arm always fails" in last
+    # 3 per arm, and perhaps a next seed an arm started before its third failure was back
+    assert re.match(r"hexsweep: error: no job of the race completed \((\d+) jobs: \1 failed\); first: job 0 "
+                    r"\(arm=a seed=0\): failed: RuntimeError: this arm always fails$", last), out.stderr
 
 
 def test_bad_race_settings_are_one_line_before_any_job(tmp_path, race_app):
@@ -226,6 +231,14 @@ def test_bad_race_settings_are_one_line_before_any_job(tmp_path, race_app):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == \
         "hexsweep: error: hydra.sweeper.test=anova is invalid: allowed friedman or paired_t"
-    out = race_app("seed=1,2")
-    assert out.returncode == 2 and "seed is set by the race" in out.stderr.strip().splitlines()[-1]
     assert not list((tmp_path / "events").iterdir())
+
+
+def test_the_seed_is_the_race_s_to_set():
+    search = RaceSearch({"seed_key": "seed"})
+    search.hydra_context = SimpleNamespace(config_loader=None)
+    with pytest.raises(ConfigError, match="seed is set by the race"):
+        search.configurations(["arm=a,b", "seed=1,2"])
+    with pytest.raises(ConfigError, match="at least 2 configurations"):
+        search.configurations(["arm=a"])
+    assert search.configurations(["arm=a,b", "x=1"]) == [["arm=a", "x=1"], ["arm=b", "x=1"]]

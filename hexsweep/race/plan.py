@@ -135,10 +135,13 @@ class Race:
             return {"kind": "best", "best": self.labels[best], "survivors": [self.labels[best]],
                     "text": f"{self.labels[best]} is best at alpha={self.alpha:g}"}
         n = max(int(self.finished[c].sum()) for c in ranked)
+        floor = 0
+        if self.test == "friedman":  # two survivors meet in the exact Wilcoxon test: its smallest p is 2 / 2**n
+            floor = math.ceil(math.log2(2 / self.decider.level) + 1e-9)
         needed = []
         for c in ranked[1:]:
             need = seeds_to_separate(self.values[c], self.values[best], self.decider.level)
-            needed.append(need)
+            needed.append(None if need is None else max(need, floor))
         names = ", ".join(self.labels[c] for c in ranked)
         within = "so far (interrupted)" if interrupted else f"within {self.ended_by()}"
         if any(x is None for x in needed):
@@ -146,7 +149,7 @@ class Race:
             tail = ("no number of seeds (up to 1000) would probably separate them (no difference, or no "
                     "spread, between the best and another)")
         else:
-            more = max(0, max(needed) - n)
+            more = max(1, max(needed) - n)  # not separated yet: at least one more
             tail = f"{more} seeds more would probably separate them"
         return {"kind": "not separated", "best": self.labels[best], "survivors": [self.labels[c] for c in ranked],
                 "more_seeds": more, "seeds_needed": needed, "text": f"{names} not separated {within}: {tail}"}
