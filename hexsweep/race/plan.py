@@ -150,7 +150,7 @@ class Race:
                     "spread, between the best and another)")
         else:
             more = max(1, max(needed) - n)  # not separated yet: at least one more
-            tail = f"{more} seeds more would probably separate them"
+            tail = f"{more} seed{'s' if more != 1 else ''} more would probably separate them"
         return {"kind": "not separated", "best": self.labels[best], "survivors": [self.labels[c] for c in ranked],
                 "more_seeds": more, "seeds_needed": needed, "text": f"{names} not separated {within}: {tail}"}
 
