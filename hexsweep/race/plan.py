@@ -146,8 +146,8 @@ class Race:
         within = "so far (interrupted)" if interrupted else f"within {self.ended_by()}"
         if any(x is None for x in needed):
             more = None
-            tail = ("no number of seeds (up to 1000) would probably separate them (no difference, or no "
-                    "spread, between the best and another)")
+            tail = ("no number of seeds up to 1000 would probably separate them (their difference is nil, or "
+                    "too small next to the spread between seeds)")
         else:
             more = max(1, max(needed) - n)  # not separated yet: at least one more
             tail = f"{more} seed{'s' if more != 1 else ''} more would probably separate them"

@@ -32,6 +32,7 @@ How a race decides (docs/racing.md says why):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
@@ -297,8 +298,10 @@ def seeds_to_separate(a: np.ndarray, b: np.ndarray, level: float, power: float =
     if sd == 0 or d.mean() == 0:
         return None
     try:
-        n = TTestPower().solve_power(effect_size=abs(float(d.mean())) / sd, alpha=level, power=power,
-                                     alternative="two-sided")
+        with warnings.catch_warnings():  # a root finder that fails returns NaN (None here) and warns on stderr
+            warnings.simplefilter("ignore")
+            n = TTestPower().solve_power(effect_size=abs(float(d.mean())) / sd, alpha=level, power=power,
+                                         alternative="two-sided")
     except (ValueError, RuntimeError):
         return None
     n = float(np.asarray(n).ravel()[0])
