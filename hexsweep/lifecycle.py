@@ -102,12 +102,12 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
             log.info("resume: starting job %s afresh: %s", job_dir.name, why)
     record = folder.start(info, keep_metrics=state is not None)
     if state is not None:
-        t = state["training"]
+        t = state.training
         # metrics.jsonl continues: exactly the epochs the saved state had finished, no duplicates
-        write_jsonl(job_dir / METRICS_FILE, t["history"])
-        record["resumed_from_epoch"], record["resumed_from_step"] = t["epoch"] - 1, t["step"]
-        log.info("resume: job %s continues after epoch %d%s", job_dir.name, t["epoch"] - 1,
-                 f", step {t['step']} of epoch {t['epoch']}" if t["step"] else "")
+        write_jsonl(job_dir / METRICS_FILE, t.history)
+        record["resumed_from_epoch"], record["resumed_from_step"] = t.epoch - 1, t.step
+        log.info("resume: job %s continues after epoch %d%s", job_dir.name, t.epoch - 1,
+                 f", step {t.step} of epoch {t.epoch}" if t.step else "")
     record["config"] = plain
     record["signature"] = job_signature(cfg)
     if cfg.optuna.storage:

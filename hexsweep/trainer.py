@@ -70,6 +70,52 @@ class TrainOutcome:
     resumed_from: tuple[int, int] | None = None  # (epoch, step) the run continued from, if it resumed
 
 
+@dataclass
+class TrainState:
+    """last.pt's ``training``: everything besides the weights and the optimizer that a run needs to
+    continue exactly where it stopped. ``to_dict``/``from_dict`` are the only writer and reader of
+    its keys; plain types and tensors only, so that ``torch.load(weights_only=True)`` takes it."""
+
+    epoch: int  # the epoch to continue with (1-based) ...
+    step: int  # ... from this step of it (0: its start)
+    partial: dict | None  # what that epoch's first ``step`` steps summed (acc, seen, elapsed_s)
+    scheduler: dict | None  # the LR scheduler's state (None: no schedule)
+    scaler: dict  # the AMP grad scaler's state
+    best_value: float | None  # early stopping: the best objective so far ...
+    stale: int  # ... epochs since it improved ...
+    best_epoch: int | None  # ... the epoch it came from ...
+    best_metrics: dict | None
+    best_state: dict | None  # ... and its weights (restored at the end)
+    history: list[dict]  # metrics.jsonl's rows so far
+    rng: dict  # every random state and the data order (``_rng_state``)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainState:
+        """ValueError naming what is missing or damaged."""
+        if not isinstance(d, dict):
+            raise ValueError("last.pt holds no complete training state (an older format)")
+        if missing := [f for f in cls.__dataclass_fields__ if f not in d]:
+            raise ValueError(f"last.pt's training state lacks {', '.join(missing)}")
+        state = cls(**{f: d[f] for f in cls.__dataclass_fields__})
+        if not (isinstance(state.history, list) and all(isinstance(r, dict) and "epoch" in r for r in state.history)):
+            raise ValueError("last.pt's metrics history is damaged")
+        if not (isinstance(state.epoch, int) and isinstance(state.step, int) and state.epoch >= 1 and state.step >= 0):
+            raise ValueError(f"last.pt's position (epoch {state.epoch!r}, step {state.step!r}) is damaged")
+        return state
+
+
+@dataclass
+class Resume:
+    """A saved run to continue: its weights, its optimizer's state and the rest (``TrainState``)."""
+
+    model: dict
+    optimizer: dict
+    training: TrainState
+
+
 def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(policy logits masked to legal cells, tanh value) of a batch."""
     boards, to_move = batch["boards"], batch["to_move"]
@@ -187,7 +233,7 @@ def evaluate(model: torch.nn.Module, data: HexDataset, batch_size: int, device: 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     net_cfg: NetConfig, epoch: int, metrics: dict, config: dict,
-                    training: dict | None = None) -> None:
+                    training: TrainState | None = None) -> None:
     """Self-describing checkpoint; plain types and tensors only, so weights_only=True loads it.
     ``training``: the rest of the training state (last.pt), for a run that continues from it."""
     state = {
@@ -200,7 +246,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "config": config,
     }
     if training is not None:
-        state["training"] = training
+        state["training"] = training.to_dict()
     # the job owns its folder: a temp file of this checkpoint is what a save killed mid-way left
     remove_stale_temps(path)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
@@ -348,13 +394,8 @@ def changed_keys(old: dict, new: dict) -> list[str]:
             if a.get(k) != b.get(k) and not any(k == i or k.startswith(i) for i in RESUME_IGNORES)]
 
 
-# what ``_train`` reads from a saved training state (last.pt's "training")
-TRAINING_KEYS = ("epoch", "step", "partial", "scheduler", "scaler", "best_value", "stale", "best_epoch",
-                 "best_metrics", "best_state", "history", "rng")
-
-
-def load_training_state(job_dir: Path, plain_config: dict) -> tuple[dict | None, str]:
-    """The training state in ``job_dir/last.pt`` if the job can continue from it, else (None, why).
+def load_training_state(job_dir: Path, plain_config: dict) -> tuple[Resume | None, str]:
+    """The saved run in ``job_dir/last.pt`` if the job can continue from it, else (None, why).
 
     Whatever is wrong with last.pt (torn, a folder, foreign, an older format, parts missing,
     weights or optimizer state that do not fit the model) means: start afresh, saying why.
@@ -373,28 +414,23 @@ def load_training_state(job_dir: Path, plain_config: dict) -> tuple[dict | None,
         state = read_checkpoint(path)
     except CheckpointError as e:
         return None, str(e)
-    training = state.get("training")
-    if state.get("format_version") != CHECKPOINT_VERSION or not isinstance(training, dict):
+    if state.get("format_version") != CHECKPOINT_VERSION:
         return None, "last.pt holds no complete training state (an older format)"
-    if missing := [k for k in TRAINING_KEYS if k not in training]:
-        return None, f"last.pt's training state lacks {', '.join(missing)}"
+    try:
+        training = TrainState.from_dict(state.get("training"))
+    except ValueError as e:
+        return None, str(e)
     if why := _unusable(state, path):
         return None, why
     if keys := changed_keys(state.get("config") or {}, plain_config):
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         return None, f"config changed: {shown}"
-    return state, ""
+    return Resume(state["model"], state["optimizer"], training), ""
 
 
 def _unusable(state: dict, path: Path) -> str:
-    """Why the saved weights, optimizer state or history cannot be restored ('' if they can): tried on
-    a fresh model of the saved config, so that training never meets them half-restored."""
-    t = state["training"]
-    history = t["history"]
-    if not (isinstance(history, list) and all(isinstance(r, dict) and "epoch" in r for r in history)):
-        return "last.pt's metrics history is damaged"
-    if not (isinstance(t["epoch"], int) and isinstance(t["step"], int) and t["epoch"] >= 1 and t["step"] >= 0):
-        return f"last.pt's position (epoch {t['epoch']!r}, step {t['step']!r}) is damaged"
+    """Why the saved weights or optimizer state cannot be restored ('' if they can): tried on a
+    fresh model of the saved config, so that training never meets them half-restored."""
     try:
         model = model_from(state, path)
     except CheckpointError as e:
@@ -443,183 +479,200 @@ def current_rss_mb() -> float:
 def train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
           device: torch.device, job_dir: Path, plain_config: dict,
           on_epoch_end: EpochHook | None = None, logger: Trackers | None = None,
-          resume: dict | None = None) -> TrainOutcome:
+          resume: Resume | None = None) -> TrainOutcome:
     """Train ``model`` in place; on return it holds the best epoch's weights. ``logger``: the job's
     trackers (hexsweep/tracking.py); without one, those ``cfg.logger`` turns on, closed on return.
-    ``resume``: a training state from ``load_training_state``, continued exactly where it stopped.
+    ``resume``: a saved run from ``load_training_state``, continued exactly where it stopped.
 
-    ``last.pt`` is the complete training state (model, optimizer, scheduler, scaler, the
-    early-stopping state with the best weights, the metrics so far, every RNG state and the
-    data order), written atomically at the end of every epoch and every
+    ``last.pt`` is the complete training state (model, optimizer, and ``TrainState``: scheduler,
+    scaler, the early-stopping state with the best weights, the metrics so far, every RNG state
+    and the data order), written atomically at the end of every epoch and every
     ``trainer.checkpoint_every_steps`` steps. Ctrl-C or SIGTERM (under submitit: its preemption
     signal) stops at the next step boundary after writing it (a second one stops at once), and
     raises ``Stopped``. A resumed run shows ``on_epoch_end`` its last finished epoch again first."""
-    with _StopRequests() as stop:
-        return _train(cfg, train_data, val_data, model, device, job_dir, plain_config, on_epoch_end, logger,
-                      resume, stop)
-
-
-def _train(cfg: Any, train_data: HexDataset, val_data: HexDataset, model: HexNet,
-           device: torch.device, job_dir: Path, plain_config: dict, on_epoch_end: EpochHook | None,
-           logger: Trackers | None, resume: dict | None, stop: _StopRequests) -> TrainOutcome:
     own_logger = logger is None
-    if logger is None:
-        logger = open_trackers(cfg, job_dir)
-    tcfg = cfg.trainer
-    loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
-    objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
-    metric, direction = cfg.objective.metric, cfg.objective.direction
-    net_cfg = model.cfg
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
-                                  weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = train_data.num_batches(cfg.batch_size, tcfg.max_steps_per_epoch)
-    scheduler = None
-    if tcfg.lr_schedule == "cosine" and tcfg.epochs > 0:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, tcfg.epochs * steps_per_epoch))
-    use_amp = bool(tcfg.amp) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    run = _Run(cfg, train_data, model, device, job_dir, plain_config, logger or open_trackers(cfg, job_dir))
+    try:
+        with _StopRequests() as stop:
+            return run.loop(val_data, on_epoch_end, resume, stop)
+    finally:
+        if own_logger:
+            run.logger.close()
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
 
-    show_bar = tcfg.progress == "on" or (tcfg.progress == "auto" and sys.stderr.isatty())
-    rng = np.random.default_rng([cfg.seed, 1])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = TrainOutcome(peak_rss_mb=current_rss_mb())
-    best_value: float | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    first_epoch, skip, partial = 1, 0, None
-    if resume is not None:  # continue where the saved state stopped, as if never interrupted
-        t = resume["training"]
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None and t["scheduler"] is not None:
-            scheduler.load_state_dict(t["scheduler"])
-        scaler.load_state_dict(t["scaler"])
-        best_value, stale, best_state = t["best_value"], t["stale"], t["best_state"]
-        out.best_epoch, out.best_metrics, out.history = t["best_epoch"], t["best_metrics"], t["history"]
-        first_epoch, skip, partial = t["epoch"], t["step"], t["partial"]
-        rng.bit_generator.state = t["rng"]["data_epoch_start"]
-        _restore_rng(t["rng"], gen, device)
-        out.resumed_from = (first_epoch, skip)
-        if tcfg.patience and stale >= tcfg.patience:  # it had stopped early: nothing left to train
-            out.stopped_early, first_epoch = True, tcfg.epochs + 1
-        elif on_epoch_end is not None and out.history and skip == 0:
-            # the last finished epoch again: a stop between its save and its hook left it unasked
-            # (a pruning hook reports each epoch once and may prune now)
-            last = out.history[-1]
-            if on_epoch_end(int(last["epoch"]), last, model):
-                out.stopped_by_hook, first_epoch = True, tcfg.epochs + 1
+class _Run:
+    """One training run's state: the model and its optimizer, scheduler and scaler, the random
+    generators and the early-stopping state. ``loop`` is the training loop itself."""
 
-    def save_state(epoch: int, step: int, data_epoch_start: dict, part: dict | None) -> None:
-        """last.pt: everything needed to continue at ``step`` of ``epoch`` (0: its start)."""
-        training = {"epoch": epoch, "step": step, "partial": part,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(), "best_value": best_value, "stale": stale,
-                    "best_epoch": out.best_epoch, "best_metrics": out.best_metrics, "best_state": best_state,
-                    "history": out.history, "rng": _rng_state(gen, data_epoch_start, device)}
-        save_checkpoint(job_dir / "last.pt", model, optimizer, net_cfg, epoch - 1,
-                        out.history[-1] if out.history else {}, plain_config, training)
+    def __init__(self, cfg: Any, train_data: HexDataset, model: HexNet, device: torch.device, job_dir: Path,
+                 plain_config: dict, logger: Trackers) -> None:
+        self.cfg, self.train_data, self.model, self.device = cfg, train_data, model, device
+        self.job_dir, self.plain_config, self.logger = job_dir, plain_config, logger
+        tcfg = cfg.trainer
+        model.to(device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.steps_per_epoch = train_data.num_batches(cfg.batch_size, tcfg.max_steps_per_epoch)
+        self.scheduler = None
+        if tcfg.lr_schedule == "cosine" and tcfg.epochs > 0:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, tcfg.epochs * self.steps_per_epoch))
+        self.use_amp = bool(tcfg.amp) and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.rng = np.random.default_rng([cfg.seed, 1])  # the data order
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the augmentation
+        self.out = TrainOutcome(peak_rss_mb=current_rss_mb())
+        self.best_value: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for epoch in range(first_epoch, tcfg.epochs + 1):
-        model.train()
-        acc: dict[str, torch.Tensor] = {}
-        start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch",
-                   disable=not show_bar, file=sys.stderr, leave=False)
-        seen, elapsed_before, step = 0, 0.0, 0
-        if partial is not None:  # a resumed epoch: what its first steps had summed
-            acc, seen, elapsed_before, step = partial["acc"], partial["seen"], partial["elapsed_s"], skip
-            bar.update(skip)
-            partial = None
-        data_epoch_start = copy.deepcopy(rng.bit_generator.state)  # the data order of this epoch
-        for batch in train_data.batches(cfg.batch_size, True, rng, tcfg.max_steps_per_epoch, skip=skip):
-            beat()  # progress, for the sweep driver's stall watchdog (hexsweep/heartbeat.py)
-            batch = to_device(batch, device)
-            if cfg.data.augment:
-                batch = augment(batch, gen)
-            with autocast():
-                sums = compute_losses(model, batch)
-            count = len(batch["move"])
-            loss = (loss_w[0] * sums["policy_sum"] / sums["policy_count"].clamp(min=1)
-                    + loss_w[1] * sums["value_sum"] / count)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tcfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            _add(acc, sums)
-            seen += count
-            step += 1
-            logger.on_step(loss, count, optimizer)
-            bar.update(1)
-            every = tcfg.checkpoint_every_steps
-            if step >= steps_per_epoch:
-                continue  # the epoch's end saves the state (and stops, if asked)
-            if tcfg.checkpoints and (stop.requested or stop.save_now or (every and step % every == 0)):
-                stop.save_now = False
-                save_state(epoch, step, data_epoch_start, {"acc": acc, "seen": seen,
-                                                           "elapsed_s": elapsed_before + time.perf_counter() - start})
-            if stop.requested:
-                bar.close()
-                raise stop.stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
-                                   "state is in last.pt (resume=true continues from there)")
-        skip = 0
-        train_time = elapsed_before + time.perf_counter() - start
-        bar.close()
-        metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(summarise(acc, "train", loss_w, objective_w))
-        metrics.update(evaluate(model, val_data, tcfg.eval_batch_size, device, loss_w,
-                                objective_w, autocast, StrengthSpec.for_objective(cfg)))
-        out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
-        metrics.update({
-            "samples_per_s": seen / train_time if train_time > 0 else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - start,
-            "rss_mb": current_rss_mb(),
-        })
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def state(self, epoch: int, step: int, data_epoch_start: dict, partial: dict | None) -> TrainState:
+        """Everything needed to continue at ``step`` of ``epoch`` (0: its start)."""
+        out = self.out
+        return TrainState(epoch=epoch, step=step, partial=partial,
+                          scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+                          scaler=self.scaler.state_dict(), best_value=self.best_value, stale=self.stale,
+                          best_epoch=out.best_epoch, best_metrics=out.best_metrics, best_state=self.best_state,
+                          history=out.history, rng=_rng_state(self.gen, data_epoch_start, self.device))
+
+    def save(self, epoch: int, step: int, data_epoch_start: dict, partial: dict | None) -> None:
+        """last.pt, atomically."""
+        save_checkpoint(self.job_dir / "last.pt", self.model, self.optimizer, self.model.cfg, epoch - 1,
+                        self.out.history[-1] if self.out.history else {}, self.plain_config,
+                        self.state(epoch, step, data_epoch_start, partial))
+
+    def restore(self, resume: Resume) -> tuple[int, int, dict | None]:
+        """Continue where the saved run stopped, as if never interrupted: (epoch, step, partial sums)."""
+        t, out = resume.training, self.out
+        self.model.load_state_dict(resume.model)
+        self.optimizer.load_state_dict(resume.optimizer)
+        if self.scheduler is not None and t.scheduler is not None:
+            self.scheduler.load_state_dict(t.scheduler)
+        self.scaler.load_state_dict(t.scaler)
+        self.best_value, self.stale, self.best_state = t.best_value, t.stale, t.best_state
+        out.best_epoch, out.best_metrics, out.history = t.best_epoch, t.best_metrics, t.history
+        self.rng.bit_generator.state = t.rng["data_epoch_start"]
+        _restore_rng(t.rng, self.gen, self.device)
+        out.resumed_from = (t.epoch, t.step)
+        return t.epoch, t.step, t.partial
+
+    def loop(self, val_data: HexDataset, on_epoch_end: EpochHook | None, resume: Resume | None,
+             stop: _StopRequests) -> TrainOutcome:
+        cfg, tcfg, model, device, out = self.cfg, self.cfg.trainer, self.model, self.device, self.out
+        loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
+        objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
+        metric, direction = cfg.objective.metric, cfg.objective.direction
+        show_bar = tcfg.progress == "on" or (tcfg.progress == "auto" and sys.stderr.isatty())
+        first_epoch, skip, partial = 1, 0, None
+        if resume is not None:
+            first_epoch, skip, partial = self.restore(resume)
+            if tcfg.patience and self.stale >= tcfg.patience:  # it had stopped early: nothing left to train
+                out.stopped_early, first_epoch = True, tcfg.epochs + 1
+            elif on_epoch_end is not None and out.history and skip == 0:
+                # the last finished epoch again: a stop between its save and its hook left it unasked
+                # (a pruning hook reports each epoch once and may prune now)
+                last = out.history[-1]
+                if on_epoch_end(int(last["epoch"]), last, model):
+                    out.stopped_by_hook, first_epoch = True, tcfg.epochs + 1
         if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
-            out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
-            metrics["gpu_peak_mb"] = peak
-        append_jsonl(job_dir / "metrics.jsonl", metrics)
-        logger.on_epoch(epoch, metrics)
-        out.history.append(metrics)
-        value = metrics[metric]
-        if is_better(value, best_value, direction, tcfg.min_delta if best_value is not None else 0):
-            best_value, stale = value, 0
-            out.best_epoch, out.best_metrics = epoch, dict(metrics)
-            best_state = copy.deepcopy(model.state_dict())
+            torch.cuda.reset_peak_memory_stats(device)
+        for epoch in range(first_epoch, tcfg.epochs + 1):
+            model.train()
+            acc: dict[str, torch.Tensor] = {}
+            start = time.perf_counter()
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch",
+                       disable=not show_bar, file=sys.stderr, leave=False)
+            seen, elapsed_before, step = 0, 0.0, 0
+            if partial is not None:  # a resumed epoch: what its first steps had summed
+                acc, seen, elapsed_before, step = partial["acc"], partial["seen"], partial["elapsed_s"], skip
+                bar.update(skip)
+                partial = None
+            data_epoch_start = copy.deepcopy(self.rng.bit_generator.state)  # the data order of this epoch
+            for batch in self.train_data.batches(cfg.batch_size, True, self.rng, tcfg.max_steps_per_epoch,
+                                                 skip=skip):
+                beat()  # progress, for the sweep driver's stall watchdog (hexsweep/heartbeat.py)
+                batch = to_device(batch, device)
+                if cfg.data.augment:
+                    batch = augment(batch, self.gen)
+                with self.autocast():
+                    sums = compute_losses(model, batch)
+                count = len(batch["move"])
+                loss = (loss_w[0] * sums["policy_sum"] / sums["policy_count"].clamp(min=1)
+                        + loss_w[1] * sums["value_sum"] / count)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if tcfg.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                _add(acc, sums)
+                seen += count
+                step += 1
+                self.logger.on_step(loss, count, self.optimizer)
+                bar.update(1)
+                every = tcfg.checkpoint_every_steps
+                if step >= self.steps_per_epoch:
+                    continue  # the epoch's end saves the state (and stops, if asked)
+                if tcfg.checkpoints and (stop.requested or stop.save_now or (every and step % every == 0)):
+                    stop.save_now = False
+                    self.save(epoch, step, data_epoch_start, {
+                        "acc": acc, "seen": seen, "elapsed_s": elapsed_before + time.perf_counter() - start})
+                if stop.requested:
+                    bar.close()
+                    raise stop.stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
+                                       "state is in last.pt (resume=true continues from there)")
+            skip = 0
+            train_time = elapsed_before + time.perf_counter() - start
+            bar.close()
+            # the epoch's metrics: train (summed over its steps), validation, throughput, memory
+            metrics: dict[str, float] = {"epoch": epoch}
+            metrics.update(summarise(acc, "train", loss_w, objective_w))
+            metrics.update(evaluate(model, val_data, tcfg.eval_batch_size, device, loss_w,
+                                    objective_w, self.autocast, StrengthSpec.for_objective(cfg)))
+            out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
+            metrics.update({
+                "samples_per_s": seen / train_time if train_time > 0 else float("nan"),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time_s": time.perf_counter() - start,
+                "rss_mb": current_rss_mb(),
+            })
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device) / 2**20
+                out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
+                metrics["gpu_peak_mb"] = peak
+            append_jsonl(self.job_dir / "metrics.jsonl", metrics)
+            self.logger.on_epoch(epoch, metrics)
+            out.history.append(metrics)
+            # early stopping: keep the best epoch's weights (best.pt), count the epochs since
+            value = metrics[metric]
+            if is_better(value, self.best_value, direction, tcfg.min_delta if self.best_value is not None else 0):
+                self.best_value, self.stale = value, 0
+                out.best_epoch, out.best_metrics = epoch, dict(metrics)
+                self.best_state = copy.deepcopy(model.state_dict())
+                if tcfg.checkpoints:
+                    save_checkpoint(self.job_dir / "best.pt", model, None, model.cfg, epoch, metrics,
+                                    self.plain_config)
+            else:
+                self.stale += 1
             if tcfg.checkpoints:
-                save_checkpoint(job_dir / "best.pt", model, None, net_cfg, epoch, metrics,
-                                plain_config)
-        else:
-            stale += 1
-        if tcfg.checkpoints:
-            save_state(epoch + 1, 0, copy.deepcopy(rng.bit_generator.state), None)
-            stop.save_now = False
-        if stop.requested:
-            raise stop.stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in "
-                               "last.pt (resume=true continues from there)")
-        if on_epoch_end is not None and on_epoch_end(epoch, metrics, model):
-            out.stopped_by_hook = True
-            break
-        if tcfg.patience and stale >= tcfg.patience:
-            out.stopped_early = True
-            break
-    if best_state is not None and out.best_epoch != len(out.history):
-        model.load_state_dict(best_state)
-        out.restored_best = True
-    if own_logger:
-        logger.close()
-    return out
+                self.save(epoch + 1, 0, copy.deepcopy(self.rng.bit_generator.state), None)
+                stop.save_now = False
+            if stop.requested:
+                raise stop.stopped(f"stopped by {stop.requested} after epoch {epoch}: the training state is in "
+                                   "last.pt (resume=true continues from there)")
+            if on_epoch_end is not None and on_epoch_end(epoch, metrics, model):
+                out.stopped_by_hook = True
+                break
+            if tcfg.patience and self.stale >= tcfg.patience:
+                out.stopped_early = True
+                break
+        if self.best_state is not None and out.best_epoch != len(out.history):
+            model.load_state_dict(self.best_state)
+            out.restored_best = True
+        return out
