@@ -203,3 +203,15 @@ def test_a_journal_that_cannot_grow_mid_search_ends_it_in_one_line(tmp_path):
     assert "studies.journal" in last
     done = [t for t in study(tmp_path).trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert 0 < len(done) < 60  # what finished is kept (the torn last line is cut off when read again)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 is invalid: allowed an integer > 0"),
+    ("hydra.sweeper.storage=folder.journal", "hydra.sweeper.storage=folder.journal is invalid: it is a folder"),
+    ("hydra.sweeper.pruner.percentile=101", "hydra.sweeper.pruner.percentile=101.0 is invalid: allowed a number in")])
+def test_a_sweeper_value_that_cannot_work_is_one_line_before_any_trial(tmp_path, value, message):
+    (tmp_path / "folder.journal").mkdir()
+    out = run(tmp_path, "sphere", value)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"hexsweep: error: {message}")
+    assert "Traceback" not in out.stderr and not (tmp_path / "outputs" / "optuna").exists()

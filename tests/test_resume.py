@@ -212,7 +212,8 @@ def under_submitit(tiny_cfg, tiny_dataset, tmp_path, monkeypatch):
     real_save = trainer.save_checkpoint
 
     def counting_save(path, *args, **kwargs):
-        saves.append((path.name, (kwargs.get("training") or (args[6] if len(args) > 6 else None) or {}).get("step")))
+        training = kwargs.get("training") or (args[6] if len(args) > 6 else None)  # a TrainState, or None
+        saves.append((path.name, training.step if training is not None else None))
         return real_save(path, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "save_checkpoint", counting_save)
