@@ -34,6 +34,7 @@ if __name__ == "__main__":
 '''
 
 CONFIGS = {
+    "plain": {"x": 1, "y": 1},  # Hydra's basic sweeper
     "sphere": {"defaults": [{"override hydra/sweeper": "hexsweep_optuna"}, "_self_"], "x": 1, "y": 1,
                "hydra": {"sweeper": {"n_trials": 8, "n_jobs": 2,
                                      "params": {"x": "range(-5.5, 5.5, step=0.5)", "y": "choice(-5, 0, 5)"}}}},
@@ -48,12 +49,13 @@ CONFIGS = {
 }
 
 
-def run(tmp_path, config: str, *args: str, launcher: str = "hexsweep") -> subprocess.CompletedProcess:
+def run(tmp_path, config: str, *args: str, launcher: str = "hexsweep", search: bool = True
+        ) -> subprocess.CompletedProcess:
     (tmp_path / "conf").mkdir(exist_ok=True)
     OmegaConf.save(OmegaConf.create(CONFIGS[config]), tmp_path / "conf" / f"{config}.yaml")
     (tmp_path / "sphere.py").write_text(textwrap.dedent(SPHERE.format(config=config)))
     extra = ["hydra.launcher.progress=off"] if launcher == "hexsweep" else []
-    if config != "grid" and not any(a.startswith("hydra/sweeper/sampler=") for a in args):
+    if search and config != "grid" and not any(a.startswith("hydra/sweeper/sampler=") for a in args):
         extra.append("hydra/sweeper/sampler=random")
     return subprocess.run([sys.executable, "sphere.py", "-m", f"hydra/launcher={launcher}", *extra,
                            "hydra.sweep.dir=sweep", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -136,7 +138,7 @@ def test_launcher_values_are_refused_under_a_search_as_under_a_list_launch(tmp_p
     """The sweeper goes through the launcher's own checks: the same one line, before any trial."""
     for bad in ("hydra.launcher.timeout_s=-1", "hydra.launcher.kill_grace_s=-1", "hydra.launcher.n_jobs=0"):
         searched = run(tmp_path, "sphere", bad)
-        listed = run(tmp_path, "sphere", bad, "hydra/sweeper=basic", "x=1,2")
+        listed = run(tmp_path, "plain", bad, "x=1,2", search=False)
         assert searched.returncode == listed.returncode == 2, (bad, searched.stderr, listed.stderr)
         last = searched.stderr.strip().splitlines()[-1]
         assert last == listed.stderr.strip().splitlines()[-1]
