@@ -189,7 +189,7 @@ def test_a_journal_that_cannot_grow_mid_search_ends_it_in_one_line(tmp_path):
     import resource
 
     def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (15_000, 15_000))
 
     (tmp_path / "conf").mkdir()
     OmegaConf.save(OmegaConf.create(CONFIGS["sphere"]), tmp_path / "conf" / "sphere.yaml")
