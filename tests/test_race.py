@@ -135,6 +135,25 @@ def test_resume_recomputes_the_same_eliminations_and_finishes_the_same_race():
     assert again.verdict()["text"] == whole.verdict()["text"]
 
 
+def test_a_resumed_race_never_gives_a_new_job_the_number_of_a_dropped_one():
+    """Job 12 (arm 3) was running when the race stopped, and arm 3 is out by the finished jobs:
+    on resume it is not run again, and the next new job does not get its number (its folder)."""
+    values = np.tile(np.arange(3.0), (4, 1))
+    values[3] += 100.0  # a constant gap: paired_t eliminates arm 3 at the first look
+    jobs = [{"num": c * 3 + k, "config": c, "seed_index": k, "seed": k, "state": COMPLETED,
+             "value": float(values[c, k])} for c in range(4) for k in range(3)]
+    jobs.append({"num": 12, "config": 3, "seed_index": 3, "seed": 3, "state": "running"})
+    race = new_race(4, test="paired_t")
+    race.restore(jobs)
+    assert 3 not in race.alive
+    assert race.next_job() == (0, 3)
+    assert race.next_num() == 13
+    again = new_race(4, test="paired_t")  # a second resume still knows number 12 was used
+    again.restore(json.loads(json.dumps(race.summary()))["jobs"])
+    again.next_job()
+    assert again.next_num() == 13
+
+
 # ---- real races through Hydra ---------------------------------------------------------------
 
 APP = '''

@@ -61,6 +61,11 @@ class Race:
     def jobs_started(self) -> int:
         return len(self.jobs)
 
+    def next_num(self) -> int:
+        """The job number (and folder) of the next new job: past every job this race ever
+        started, a dropped one included, so that no new job runs in another job's folder."""
+        return max(self.jobs, default=-1) + 1
+
     def budget_left(self) -> bool:
         return self.budget_jobs is None or self.jobs_started() < self.budget_jobs
 
@@ -76,7 +81,8 @@ class Race:
             job = self.retry.pop(0)
             if job.config in self.alive:
                 return job
-            del self.jobs[job.num]  # its configuration is out: it will not be run
+            # its configuration is out: it will not run again, but stays in the race's jobs
+            # (interrupted) so that its number, and its folder, are not given to a new job
         if not self.budget_left():
             return None
         counts = [(len(self.started(c)), c) for c in self.alive]

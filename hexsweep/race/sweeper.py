@@ -235,13 +235,10 @@ class RaceSearch:
         config, seed_index = pick
         return race.start(num, config, seed_index), self.job_overrides(race, config, seed_index)
 
-    def _next_num(self, race: Race) -> int:
-        return max(race.jobs, default=-1) + 1
-
     def _run_async(self, race: Race) -> None:
         def feed() -> DictConfig | None:
             while (pick := race.next_job()) is not None:
-                job, overrides = self._start(race, pick, self._next_num(race))
+                job, overrides = self._start(race, pick, race.next_num())
                 try:
                     cfg = self.launcher.prepare(overrides, job.num)
                 except HexsweepError as e:  # cannot happen after the precheck, but must not end the race
@@ -270,7 +267,7 @@ class RaceSearch:
             size = n if isinstance(n, int) and n > 0 else max(1, len(race.alive))
             batch: list[tuple[RaceJob, list[str]]] = []
             while len(batch) < size and (pick := race.next_job()) is not None:
-                batch.append(self._start(race, pick, self._next_num(race)))
+                batch.append(self._start(race, pick, race.next_num()))
             if not batch:
                 return
             # one launch per run of consecutive job numbers (Hydra numbers a batch from its first)
