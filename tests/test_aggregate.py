@@ -76,6 +76,22 @@ def test_broken_and_missing_job_folders_become_rows(tmp_path):
     assert json.loads((sweep / "summary.json").read_text())["total"] == 10
 
 
+def test_the_curves_plot_shows_the_best_jobs_of_a_maximized_objective(tmp_path, monkeypatch):
+    import hexsweep.report.files as files
+
+    sweep = tmp_path / "sweep"
+    for num, acc in enumerate([0.2, 0.9, 0.5, 0.7]):
+        r = _result("completed", acc, [f"seed={num}"])
+        r["objective"].update(metric="val_policy_acc", direction="maximize")
+        (sweep / str(num)).mkdir(parents=True)
+        (sweep / str(num) / "result.json").write_text(json.dumps(r))
+        (sweep / str(num) / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_policy_acc": acc}) + "\n")
+    drawn = {}
+    monkeypatch.setattr(files, "plot_curves", lambda df, curves, *a: drawn.update(curves) or False)
+    write_report(aggregate([sweep]), sweep, [sweep], max_curves=2)
+    assert sorted(drawn) == [str(sweep / "1"), str(sweep / "3")]  # 0.9 and 0.7, not the two lowest
+
+
 def test_analyze_merges_sweeps_from_several_folders(tmp_path):
     a, b = make_sweep(tmp_path / "a"), make_sweep(tmp_path / "b")
     out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(a), str(b), "--out", str(tmp_path / "m")],

@@ -42,7 +42,7 @@ def test_malformed_job_files_become_corrupt_rows_and_the_rest_goes_on(tmp_path):
     assert "holds a list" in df.loc[1, "error"] and "UnicodeDecodeError" in df.loc[2, "error"]
     assert df.loc[3, "ov.seed"] == "3"  # the overrides still come from Hydra's .hydra/ files
     assert df.loc[8, "status"] == "not_started"
-    assert list(load_curves(df.reset_index()).values())[0] == [{"epoch": 1, "val_objective": 0.5}]
+    assert load_curves(df.loc[[4]].reset_index()) == {str(curves): [{"epoch": 1, "val_objective": 0.5}]}
     summary = write_report(df.reset_index(), sweep, [sweep])
     assert summary["best"]["job_num"] == 4 and summary["by_status"]["corrupt"] == 3
     out = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(sweep)], capture_output=True, text=True,

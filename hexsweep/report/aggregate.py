@@ -180,12 +180,12 @@ def aggregate(sweep_dirs: list[Path]) -> pd.DataFrame:
     return df
 
 
-def load_curves(df: pd.DataFrame, max_jobs: int = 200) -> dict[str, list[dict]]:
-    """metrics.jsonl of the best ``max_jobs`` jobs (by objective), keyed by job folder."""
-    if df.empty or "objective" not in df:
+def load_curves(rows: pd.DataFrame) -> dict[str, list[dict]]:
+    """metrics.jsonl of each job of ``rows``, keyed by job folder, in their order. Which jobs
+    (the best, by the objective's direction) is the caller's to choose: the report ranks once."""
+    if rows.empty:
         return {}
-    ranked = df[df["status"].isin(OK)].sort_values("objective").head(max_jobs)
-    return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl", key="epoch") for row in ranked.itertuples()}
+    return {row.job_dir: read_jsonl(Path(row.job_dir) / "metrics.jsonl", key="epoch") for row in rows.itertuples()}
 
 
 def load_best_rows(job_dirs: list[str]) -> dict[str, dict[str, Any]]:

@@ -413,9 +413,9 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
     summary["detail"] = detail_rows(top)
     atomic_write_json(out_dir / "summary.json", summary)
     labels = {row.job_dir: f"{row.job_num}: {row.label}" for row in top.itertuples()}
-    top_curves = {job: rows for job, rows in load_curves(top, len(top)).items()} if not top.empty else {}
+    top_curves = load_curves(top)
     plots = {
-        "curves.png": plot_curves(df, load_curves(df, max_curves), curve_metric, out_dir / "curves.png"),
+        "curves.png": plot_curves(df, load_curves(best_jobs(ok, max_curves)), curve_metric, out_dir / "curves.png"),
         "by_experiment.png": plot_groups(ok, metric, out_dir / "by_experiment.png", direction, table),
         "accuracy_vs_value_loss.png": plot_tradeoff(ok, out_dir / "accuracy_vs_value_loss.png"),
         "calibration.png": plot_calibration(load_best_rows(list(top["job_dir"])) if not top.empty else {}, labels,
