@@ -261,3 +261,21 @@ def test_the_seed_is_the_race_s_to_set():
     with pytest.raises(ConfigError, match="at least 2 configurations"):
         search.configurations(["arm=a"])
     assert search.configurations(["arm=a,b", "x=1"]) == [["arm=a", "x=1"], ["arm=b", "x=1"]]
+
+
+def test_only_hexsweep_train_declares_an_objective_direction():
+    """A plain app's config may hold any keys, objective.direction included: the sweepers add
+    none of them (Hydra's semantics); hexsweep.train's jobs follow the search's direction."""
+    from hexsweep.sweep.apps import PLAIN
+    from hexsweep.sweep.train_app import TRAIN_APP
+
+    cfg = OmegaConf.create({"seed": 0, "objective": {"metric": "m", "direction": "minimize"}})
+    assert PLAIN.trial_overrides(cfg, 2, ["maximize"], set()) == ["seed=2"]
+    assert TRAIN_APP.trial_overrides(cfg, 2, ["maximize"], set()) == ["seed=2", "objective.direction=maximize"]
+    search = RaceSearch({"seed_key": "seed", "direction": "maximize"})
+    search.config = cfg
+    race = new_race(2, direction="maximize")
+    assert (search.metric(), search.job_overrides(race, 0, 1)) == ("the task's return value", ["arm=0", "seed=1"])
+    search.app = TRAIN_APP
+    assert search.metric() == "m"
+    assert search.job_overrides(race, 0, 1) == ["arm=0", "seed=1", "objective.direction=maximize"]

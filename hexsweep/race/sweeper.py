@@ -78,7 +78,7 @@ def check_params(p: dict[str, Any]) -> None:
     if not (isinstance(p.get("seed_key"), str) and p["seed_key"].strip()):
         raise bad("seed_key", "the name of the app's seed key, e.g. seed")
     if p.get("direction") not in (None, "minimize", "maximize"):
-        raise bad("direction", "minimize, maximize, or null (the app's objective.direction, else minimize)")
+        raise bad("direction", "minimize, maximize, or null (the app's own direction, else minimize)")
     seeds = p.get("seeds")
     if seeds is not None and not (isinstance(seeds, list | tuple) and all(is_int(s) for s in seeds)
                                   and len(set(seeds)) == len(seeds) and len(seeds) >= p["max_seeds"]):
@@ -120,20 +120,19 @@ class RaceSearch:
         return configs
 
     def direction(self) -> str:
-        own_dir = OmegaConf.select(self.config, "objective.direction", default=None)
-        return str(self.p.get("direction") or own_dir or "minimize")
+        return str(self.p.get("direction") or self.app.objective(self.config)[1] or "minimize")
 
     def metric(self) -> str:
-        return str(OmegaConf.select(self.config, "objective.metric", default=None) or "the task's return value")
+        return str(self.app.objective(self.config)[0] or "the task's return value")
 
     def job_overrides(self, race: Race, config: int, seed_index: int) -> list[str]:
         key = self.p["seed_key"]
         has_key = OmegaConf.select(self.config, key, default="__absent__") != "__absent__"
         extra = [f"{key if has_key else '+' + key}={race.seeds[seed_index]}"]
-        own_dir = OmegaConf.select(self.config, "objective.direction", default=None)
-        if own_dir is not None and own_dir != race.direction and not any(
-                o.partition("=")[0] == "objective.direction" for o in race.configs[config]):
-            extra.append(f"objective.direction={race.direction}")
+        own_dir = self.app.objective(self.config)[1]
+        if own_dir is not None and own_dir != race.direction:  # the app's jobs optimise the race's direction
+            taken = {o.partition("=")[0].lstrip("+~") for o in race.configs[config]}
+            extra += self.app.direction_overrides(self.config, race.direction, taken)
         return [*race.configs[config], *extra]
 
     def resuming(self) -> bool:

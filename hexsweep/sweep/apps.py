@@ -149,17 +149,27 @@ class JobApp:
         as with the official plugin)."""
         return True
 
+    def objective(self, cfg: DictConfig) -> tuple[str | None, str | None]:
+        """(metric name, direction) of the objective the app's config declares; a plain app's
+        task returns its objective and declares neither (the sweeper's direction decides)."""
+        return None, None
+
+    def direction_overrides(self, cfg: DictConfig, direction: str, taken: set[str]) -> list[str]:
+        """Overrides that make a job optimise ``direction`` (``taken``: keys already set); a
+        plain app has none: its direction is the sweeper's alone."""
+        return []
+
     def trial_overrides(self, cfg: DictConfig, trial_number: int, directions: Sequence[str],
                         taken: set[str]) -> list[str]:
-        """Overrides a trial's job gets besides its sampled values (``taken``: keys already set),
-        only for keys the app's config has: a seed per trial, the search's single direction."""
+        """Overrides a trial's job gets besides its sampled values (``taken``: keys already set):
+        a seed per trial when the app's config has an integer ``seed``, and the search's single
+        direction where the app declares one (``direction_overrides``)."""
         extra = []
         seed = OmegaConf.select(cfg, "seed", default=None)
         if isinstance(seed, int) and not isinstance(seed, bool) and "seed" not in taken:
             extra.append(f"seed={seed + trial_number}")  # a new seed per trial
-        has_direction = OmegaConf.select(cfg, "objective.direction", default=None) is not None
-        if has_direction and len(directions) == 1 and "objective.direction" not in taken:
-            extra.append(f"objective.direction={directions[0]}")
+        if len(directions) == 1:
+            extra += self.direction_overrides(cfg, directions[0], taken)
         return extra
 
     def trial_link(self, cfg: DictConfig, study_name: str, trial_number: int, pruner: dict[str, Any]) -> list[str]:

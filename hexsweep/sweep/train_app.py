@@ -118,6 +118,12 @@ class TrainApp(JobApp):
                               "a trial's job reports its epochs through the storage; allowed a journal file "
                               "(the default, <paths.outputs>/optuna/studies.journal) or an RDB URL")
 
+    def objective(self, cfg: DictConfig) -> tuple[str | None, str | None]:
+        return cfg.objective.metric, cfg.objective.direction
+
+    def direction_overrides(self, cfg: DictConfig, direction: str, taken: set[str]) -> list[str]:
+        return [] if "objective.direction" in taken else [f"objective.direction={direction}"]
+
     def joins_study(self, cfg: DictConfig) -> bool:
         return bool(cfg.get("resume"))  # adding to a study that has trials is asked for with resume=true
 
