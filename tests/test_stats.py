@@ -15,7 +15,6 @@ from hexsweep.report.files import write_report
 from hexsweep.report.stats import (
     fit_elo,
     group_stats,
-    mean_interval,
     more_seeds_command,
     seeds_needed,
     t_power,
@@ -24,14 +23,6 @@ from hexsweep.report.stats import (
 
 A = [1.101, 1.094, 1.112, 1.098]
 B = [1.118, 1.109, 1.125]
-
-
-def test_mean_interval_is_scipys_t_interval():
-    mean, low, high = mean_interval(A)
-    ref = stats.ttest_1samp(A, 0).confidence_interval(0.95)
-    assert mean == pytest.approx(np.mean(A))
-    assert (low, high) == pytest.approx((ref.low, ref.high), rel=1e-12)
-    assert math.isnan(mean_interval([1.0])[1])
 
 
 def test_welch_difference_interval_is_scipys():

@@ -5,7 +5,7 @@ quantiles and probabilities are the ``scipy.special`` functions that scipy.stats
 (``t.ppf`` is ``stdtrit``, ``nct.cdf`` is ``nctdtr``, ``norm.ppf`` is ``ndtri``; the noncentral
 t's survival function is its cdf mirrored, the values scipy.stats gives): importing scipy.stats
 costs about a second more, which every ``analyze`` and every sweep's report would wait for.
-scipy.optimize (the Elo fit) and scipy.stats (``mean_interval``) load only where used.
+scipy.optimize (the Elo fit) loads only where used.
 
 - ``group_stats``: per configuration (the overrides other than ``seed``) n, mean, standard
   deviation and the 95% t-interval of the objective; against the best configuration (best
@@ -45,21 +45,6 @@ ELO = 400 / math.log(10)  # Elo points per logit
 
 class StatsError(HexsweepError):
     """The numbers cannot give an answer (no games between two groups of players, ...)."""
-
-
-def mean_interval(values: Any, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high): the t-interval of the mean; low/high are NaN with fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean()) if len(x) else math.nan
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    from scipy import stats
-
-    sem = stats.sem(x)
-    if sem == 0:
-        return mean, mean, mean
-    low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
 
 
 def welch_interval(n_a: Any, mean_a: Any, var_a: Any, n_b: Any, mean_b: Any, var_b: Any,
