@@ -77,6 +77,20 @@ def test_conover_matches_the_rank_sum_formula():
     assert p[1] == pytest.approx(2 * stats.t.sf(t, (b - 1) * (k - 1)))
 
 
+def test_identical_configurations_are_compared_without_a_warning():
+    """Configurations of a deterministic app: the same values (p = 1) or a constant gap (p = 0),
+    and nothing on stderr (scipy's precision-loss warning came at every look)."""
+    import warnings
+
+    from hexsweep.race.stats import paired_t_all
+
+    loss = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.1, 2.1, 3.1], [1.5, 2.1, 3.9]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = paired_t_all(loss, [(0, 1), (0, 2), (0, 3)])
+    assert list(p[:2]) == [1.0, 0.0] and p[2] == pytest.approx(stats.ttest_rel(loss[0], loss[3]).pvalue)
+
+
 def simulate(race: Race, values: np.ndarray, slots: int, stop_after: int | None = None) -> list[int]:
     """The asynchronous loop with ``slots`` jobs at once, each job taking 1 + (seed index % 3)
     time units; returns how many jobs ran at every moment some job ended."""

@@ -262,9 +262,13 @@ def paired_t_all(loss: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
     i, j = (np.array(x) for x in zip(*pairs, strict=True))
     d = loss[i] - loss[j]
     constant = (d == d[:, :1]).all(axis=1)
-    with np.errstate(all="ignore"):
-        p = stats.ttest_rel(loss[i], loss[j], axis=1).pvalue
-    return np.where(constant, np.where(d[:, 0] == 0, 1.0, 0.0), p)
+    p = np.where(d[:, 0] == 0, 1.0, 0.0)  # no spread: as paired_t_p
+    if not constant.all():
+        # only the pairs with a spread: scipy warns on stderr ("catastrophic cancellation") for a
+        # constant difference, e.g. two configurations of a deterministic app, at every look
+        with np.errstate(all="ignore"):
+            p[~constant] = stats.ttest_rel(loss[i[~constant]], loss[j[~constant]], axis=1).pvalue
+    return p
 
 
 def paired_effect(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
