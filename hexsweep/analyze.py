@@ -29,7 +29,7 @@ from hexsweep.cli import fail, skip_exit_collection
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.end import failure_line
-from hexsweep.report.files import add_group, tournament_text, write_report
+from hexsweep.report.files import ranked, tournament_text, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,14 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (sweeps[0] if len(sweeps) == 1 else
                        Path("outputs/analysis") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     summary = write_report(df, out.resolve(), sweeps, args.max_curves)
-    show = add_group(df)
+    show, _ = ranked(df)
     cols = [c for c in ("job_num", "host", "label", "status", "objective", "best_epoch", "epochs_run")
             if c in show and (c != "host" or show["host"].nunique() > 1)]
     if len(sweeps) > 1:
         cols.insert(0, "sweep")
         show["sweep"] = show["sweep"].map(lambda p: Path(p).name)
-    if "objective" in show:
-        show = show.sort_values("objective", ascending=summary["direction"] == "minimize", na_position="last")
     with pd.option_context("display.max_rows", 50, "display.width", 200, "display.max_colwidth", 60):
         print(show[cols].to_string(index=False))
     if len(summary["groups"]) > 1 or any(g["n"] > 1 for g in summary["groups"].values()):

@@ -42,7 +42,7 @@ from hexsweep.cli import fail
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import OK, aggregate
-from hexsweep.report.files import TOURNAMENT_DIR, add_group, direction_of, plot_elo, tournament_text, write_report
+from hexsweep.report.files import TOURNAMENT_DIR, plot_elo, ranked, tournament_text, write_report
 from hexsweep.report.stats import fit_elo, games_to_separate, round_robin
 from hexsweep.resources.assign import default_parallel
 
@@ -74,13 +74,11 @@ def select_jobs(sweep: Path, top: int, survivors: bool = False) -> tuple[pd.Data
     df = aggregate([sweep])
     if df.empty:
         raise TournamentError(f"no job folders in {sweep}: give a sweep folder (outputs/multirun/<date>/<time>)")
-    df = add_group(df)
-    direction = direction_of(df)
+    df, direction = ranked(df)
     ok = df[df["status"].isin(OK) & df["objective"].notna()] if "objective" in df else df.iloc[0:0]
     ok = ok[[(Path(d) / "best.pt").exists() for d in ok["job_dir"]]]
     if ok.empty:
         raise TournamentError(f"no finished job with a best.pt in {sweep} (trainer.checkpoints=true writes it)")
-    ok = ok.sort_values("objective", ascending=direction == "minimize", kind="stable")
     if survivors:
         kept = race_survivor_jobs(sweep)
         ok = ok[[str(Path(d).resolve()) in kept for d in ok["job_dir"]]].drop_duplicates("group")

@@ -64,6 +64,17 @@ def add_group(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def ranked(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The table with its labels and groups, best job first by the objective's direction (jobs
+    without an objective last), and that direction: the one ranking the report, ``analyze`` and
+    the tournament use."""
+    df = add_group(df)
+    direction = direction_of(df)
+    if not df.empty and "objective" in df:
+        df = df.sort_values("objective", ascending=direction == "minimize", na_position="last", kind="stable")
+    return df, direction
+
+
 def direction_of(df: pd.DataFrame) -> str:
     """The jobs' own objective.direction; for results written before it was recorded, from the name."""
     if "objective_direction" in df and df["objective_direction"].notna().any():
@@ -73,9 +84,8 @@ def direction_of(df: pd.DataFrame) -> str:
         else "minimize"
 
 
-def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str,
-              table: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The summary; ``table`` is ``group_stats`` of the finished jobs when the caller has it already."""
+def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str, table: pd.DataFrame) -> dict[str, Any]:
+    """The summary; ``table`` is ``group_stats`` of the finished jobs."""
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     ok = df[df["status"].isin(OK)] if not df.empty else df
     bad = df[~df["status"].isin(OK)] if not df.empty else df
@@ -86,8 +96,6 @@ def summarise(df: pd.DataFrame, sweep_dirs: list[Path], direction: str,
         best = {"job_num": _plain(b.get("job_num")), "experiment": b.get("experiment"),
                 "overrides": b.get("overrides"), "label": b.get("label"), "objective": _plain(b["objective"]),
                 "job_dir": b["job_dir"], "sweep": b["sweep"]}
-    if table is None:
-        table = group_stats(ok, direction) if not ok.empty else group_stats(pd.DataFrame(), direction)
     groups = {name: {"n": int(r["n"]), "mean": _plain(r["mean"]),
                      "std": _plain(r["std"]) if r["n"] > 1 else None, "min": _plain(r["min"]),
                      "max": _plain(r["max"]), "ci_low": _plain(r["ci_low"]), "ci_high": _plain(r["ci_high"]),
@@ -204,16 +212,13 @@ def plot_curves(df: pd.DataFrame, curves: dict[str, list[dict]], metric: str, ou
     return save_png(fig, out)
 
 
-def plot_groups(ok: pd.DataFrame, metric: str, out: Path, direction: str = "minimize",
-                table: pd.DataFrame | None = None) -> bool:
+def plot_groups(ok: pd.DataFrame, metric: str, out: Path, direction: str, table: pd.DataFrame) -> bool:
     """Each configuration's mean with its 95% t-interval across seeds, its jobs as dots, best on top;
-    ``table`` is ``group_stats(ok, direction)`` when the caller has it already."""
+    ``table`` is ``group_stats(ok, direction)``."""
     import matplotlib.pyplot as plt
 
     if ok.empty or ok["objective"].notna().sum() == 0:
         return False
-    if table is None:
-        table = group_stats(ok, direction)
     shown = table.head(MAX_GROUPS_SHOWN).iloc[::-1]  # best at the top
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.5 * len(shown)))
     best = table.iloc[0]
@@ -395,14 +400,11 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
                  ) -> dict[str, Any]:
     """Write every artefact into ``out_dir``; returns the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = add_group(df)
-    direction = direction_of(df)
-    if not df.empty and "objective" in df:
-        df = df.sort_values("objective", ascending=direction == "minimize", na_position="last")
+    df, direction = ranked(df)
     atomic_write(out_dir / "results.csv", lambda f: df.to_csv(f, index=False))
     atomic_write(out_dir / "results.parquet", lambda f: df.to_parquet(f, index=False), mode="wb")
     ok = df[df["status"].isin(OK)] if not df.empty else df
-    table = group_stats(ok, direction) if not ok.empty else group_stats(pd.DataFrame(), direction)
+    table = group_stats(ok, direction)
     summary = summarise(df, sweep_dirs, direction, table)  # the table, once: the summary and the plot share it
     summary["out_dir"] = str(out_dir)
     summary["provenance_warning"] = provenance_warning(df)

@@ -86,7 +86,7 @@ def study_plots(study: optuna.Study, out: Path) -> list[Path]:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its notes on categorical axes
         for name, fn in plots.items():
             try:
-                ax = fn(study) if single or name == "optuna_pareto_front.png" else None
+                ax = fn(study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances with fewer than two completed trials
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
