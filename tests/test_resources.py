@@ -306,3 +306,19 @@ def test_admission_lets_the_job_start_once_memory_frees(monkeypatch, tmp_path):
     taken = _fake_available_ram(monkeypatch, [1_000, 1_000, 6_000])
     admission.wait_for_memory(need, None, timeout_s=60, poll_s=0.01)
     assert taken == [1_000, 1_000, 6_000]  # returned at the first reading that fits
+
+
+def test_the_sampler_keeps_its_peaks_when_its_file_cannot_be_written(tmp_path, caplog):
+    """A full disk or a removed job folder: resources.jsonl is not written, but the sampler's
+    thread goes on and the job still gets its peaks (its last sample does not raise)."""
+    from hexsweep.resources.sampler import ResourceSampler
+
+    blocked = tmp_path / "resources.jsonl"
+    blocked.mkdir()  # opening it for appending fails, as on a full disk
+    with ResourceSampler(blocked, 0.01, None) as sampler:
+        deadline = time.monotonic() + 30
+        while sampler.samples < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler._thread.is_alive()
+    assert sampler.samples >= 4 and sampler.peak_rss_mb > 0 and isinstance(sampler.write_error, OSError)
+    assert sum("resource samples not written" in r.message for r in caplog.records) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ import psutil
 from hexsweep.atomic import append_jsonl
 from hexsweep.resources import mps
 from hexsweep.resources.gpus import gpu_status
+
+log = logging.getLogger(__name__)
 
 
 class ResourceSampler:
@@ -24,6 +27,7 @@ class ResourceSampler:
         self.peak_gpu_used_mb: float | None = None  # CUDA: the GPU's memory in use, by anyone
         self.peak_gpu_mem_mb: float | None = None  # MPS: this job's own GPU memory
         self.samples = 0
+        self.write_error: OSError | None = None  # the first failed write of resources.jsonl
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hexsweep-sampler", daemon=True)
@@ -48,7 +52,15 @@ class ResourceSampler:
         if self.on_mps and (m := mps.status()) is not None:
             row.update(mps_allocated_mb=m.driver_allocated_mb, mps_tensors_mb=m.tensors_mb)
             self.peak_gpu_mem_mb = max(self.peak_gpu_mem_mb or 0.0, m.driver_allocated_mb)
-        append_jsonl(self.path, row)
+        try:
+            append_jsonl(self.path, row)
+        except OSError as e:
+            # the file is a record, the peaks are what the job reports: a full disk or a removed
+            # folder must neither end the sampling (its thread would die) nor fail the job
+            if self.write_error is None:
+                log.warning("resource samples not written to %s: %s; the peaks are still kept", self.path,
+                            e.strerror or e)
+            self.write_error = e
         self.samples += 1
         return row
 
