@@ -293,3 +293,22 @@ def test_only_hexsweep_train_declares_an_objective_direction():
     search.app = TRAIN_APP
     assert search.metric() == "m"
     assert search.job_overrides(race, 0, 1) == ["arm=0", "seed=1", "objective.direction=maximize"]
+
+
+def test_a_stop_request_after_the_race_waits_for_the_report(monkeypatch):
+    """As after a list launch or a search: once the race's jobs are over, Hydra's end-of-sweep
+    callback writes the report, and SIGTERM then is remembered instead of killing it mid-write."""
+    import signal
+
+    from hexsweep.sweep import stopping
+    from hydra_plugins.hexsweep_race.sweeper import HexsweepRaceSweeper
+
+    sweeper = HexsweepRaceSweeper(seed_key="seed")
+    sweeper.search.config = OmegaConf.create(
+        {"hydra": {"callbacks": {"report": {"_target_": "hexsweep.sweep.callbacks.SweepReport"}}}})
+    monkeypatch.setattr(sweeper.search, "sweep", lambda arguments: None)
+    try:
+        sweeper.sweep([])
+        assert signal.getsignal(signal.SIGTERM) is stopping._remember
+    finally:
+        stopping._restore()

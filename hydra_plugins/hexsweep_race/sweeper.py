@@ -40,6 +40,7 @@ class HexsweepRaceSweeper(Sweeper):
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        from hydra_plugins.hexsweep_launcher.launcher import exit_on_error
+        from hydra_plugins.hexsweep_launcher.launcher import exit_on_error, reports_at_end
 
-        return exit_on_error(lambda: self.search.sweep(arguments))
+        # a stop request after the last job waits for the end-of-sweep report (sweep/stopping.py)
+        return exit_on_error(lambda: self.search.sweep(arguments), reports=reports_at_end(self.search.config))
