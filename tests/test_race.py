@@ -77,6 +77,24 @@ def test_conover_matches_the_rank_sum_formula():
     assert p[1] == pytest.approx(2 * stats.t.sf(t, (b - 1) * (k - 1)))
 
 
+def test_an_asynchronous_race_is_sized_by_its_budget():
+    """budget_jobs=3 of a 4 x 20 grid: the launcher is told 3 jobs (its progress bar's total, and
+    no more jobs at once), not the grid's 80."""
+    seen = {}
+
+    class Launcher:
+        def n_jobs_for(self, total):
+            return min(total, 8)
+
+        def launch_async(self, feed, on_done, total, n_jobs):
+            seen.update(total=total, n_jobs=n_jobs)
+
+    search = RaceSearch({"seed_key": "seed"})
+    search.launcher = Launcher()
+    search._run_async(new_race(4, budget_jobs=3))
+    assert seen == {"total": 3, "n_jobs": 3}
+
+
 def test_identical_configurations_are_compared_without_a_warning():
     """Configurations of a deterministic app: the same values (p = 1) or a constant gap (p = 0),
     and nothing on stderr (scipy's precision-loss warning came at every look)."""

@@ -69,6 +69,14 @@ class Race:
     def budget_left(self) -> bool:
         return self.budget_jobs is None or self.jobs_started() < self.budget_jobs
 
+    def jobs_left(self) -> int:
+        """The most jobs this race may still run: the unfinished ones to run again, and new seeds of
+        the survivors up to max_seeds, as many as the budget allows."""
+        new = sum(max(0, self.max_seeds - len(self.started(c))) for c in self.alive)
+        if self.budget_jobs is not None:
+            new = min(new, max(0, self.budget_jobs - self.jobs_started()))
+        return new + sum(j.config in self.alive for j in self.retry)
+
     def running(self) -> list[RaceJob]:
         return [j for j in self.jobs.values() if j.state == RUNNING]
 

@@ -256,8 +256,8 @@ class RaceSearch:
                 return
             self._settle(race, job, verdict)
 
-        total = sum(max(0, race.max_seeds - len(race.started(c))) for c in race.alive) + len(race.retry)
-        self.launcher.launch_async(feed, on_done, max(total, 1), self.launcher.n_jobs_for(max(total, 1)))
+        total = max(race.jobs_left(), 1)  # the progress bar's total, and at most as many jobs at once
+        self.launcher.launch_async(feed, on_done, total, self.launcher.n_jobs_for(total))
 
     def _run_batched(self, race: Race) -> None:
         """Any other Hydra launcher: batches through ``launch`` (each waits for its slowest job)."""
