@@ -95,6 +95,26 @@ def test_an_asynchronous_race_is_sized_by_its_budget():
     assert seen == {"total": 3, "n_jobs": 3}
 
 
+def test_race_png_puts_each_value_at_its_seed():
+    """Seed 1 was interrupted (it runs again on resume), seed 2 completed: in race.png seed 2's
+    value stands at the third seed, not the second, and the running mean is numpy's."""
+    import warnings
+
+    from hexsweep.race.output import seed_curve
+
+    race = new_race(2)
+    for k in range(3):
+        race.start(k, 0, k)
+    race.finish(0, COMPLETED, 1.0)
+    race.finish(1, "interrupted")
+    race.finish(2, COMPLETED, 3.0)
+    with warnings.catch_warnings():  # arm 1 has no value yet: nothing on stderr
+        warnings.simplefilter("error")
+        summary = race.summary()
+    xs, ys, running = seed_curve(json.loads(json.dumps(summary))["configs"][0])
+    assert list(xs) == [1, 3] and list(ys) == [1.0, 3.0] and list(running) == [1.0, 2.0]
+
+
 def test_identical_configurations_are_compared_without_a_warning():
     """Configurations of a deterministic app: the same values (p = 1) or a constant gap (p = 0),
     and nothing on stderr (scipy's precision-loss warning came at every look)."""

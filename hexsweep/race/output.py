@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 RACE_JSON, RACE_MD, RACE_PNG = "race.json", "race.md", "race.png"
@@ -111,20 +113,16 @@ def plot_race(s: dict[str, Any], out: Path) -> bool:
     cmap = plt.get_cmap("tab10")
     for i, c in enumerate(configs):
         color = cmap(i % 10)
-        xs = [k + 1 for k, v in enumerate(c["values"]) if v is not None]
-        ys = [v for v in c["values"] if v is not None]
-        if not xs:
+        xs, ys, running = seed_curve(c)
+        if not len(xs):
             continue
         ax.scatter(xs, ys, s=14, color=color, alpha=0.55)
-        running, total = [], 0.0
-        for n, y in enumerate(ys, 1):
-            total += y
-            running.append(total / n)
         label = c["label"] + ("" if not c["eliminated"] else
                               " (failed)" if c["test"] == "failed" else f" (out at {c['eliminated_at_seeds']})")
         ax.plot(xs, running, color=color, lw=1.6, label=label)
         if c["eliminated"] and c["test"] != "failed":
-            at = min(c["eliminated_at_seeds"], len(running))
+            # the look that eliminated it saw seeds 1..n: the running mean there
+            at = max(1, int(np.searchsorted(xs, c["eliminated_at_seeds"], side="right")))
             ax.scatter([xs[at - 1]], [running[at - 1]], marker="X", s=90, color=color, edgecolor="black", zorder=5)
     ax.set_xlabel("seeds (k-th seed of every configuration)")
     ax.set_ylabel(f"{s['metric']} ({s['direction']})")
@@ -135,6 +133,16 @@ def plot_race(s: dict[str, Any], out: Path) -> bool:
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
     plt.close(fig)
     return True
+
+
+def seed_curve(c: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One configuration of race.json: its completed values at their seed positions (1-based: the
+    k-th seed of every configuration), and their running mean."""
+    values = np.array([math.nan if v is None else v for v in c["values"]], dtype=float)
+    seeds = np.asarray(c.get("seed_indices") or range(len(values)), dtype=float) + 1  # older race.json: in order
+    done = np.isfinite(values)
+    xs, ys = seeds[done], values[done]
+    return xs, ys, np.cumsum(ys) / np.arange(1, len(ys) + 1)
 
 
 def race_section(sweep_dir: Path, out_dir: Path) -> list[str]:

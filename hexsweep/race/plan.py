@@ -134,9 +134,11 @@ class Race:
         alive = list(self.alive)
         x = self.values[alive]
         common = np.isfinite(x).all(axis=0)
-        with np.errstate(all="ignore"):
-            means = np.nanmean(x[:, common] if common.any() else x, axis=1)
-        means = np.where(np.isfinite(means), means, math.inf if self.direction == "minimize" else -math.inf)
+        x = x[:, common] if common.any() else x
+        done = np.isfinite(x).sum(axis=1)  # a survivor without a completed job yet ranks last,
+        # without nanmean's "Mean of empty slice" warning on stderr at every write of race.json
+        means = np.where(done > 0, np.nansum(x, axis=1) / np.maximum(done, 1),
+                         math.inf if self.direction == "minimize" else -math.inf)
         order = np.argsort(means if self.direction == "minimize" else -means, kind="stable")
         return [alive[i] for i in order]
 
@@ -180,7 +182,8 @@ class Race:
             vals = [j.value for j in done if j.value is not None]
             configs.append({
                 "label": label, "overrides": list(overrides),
-                "seeds_run": [j.seed for j in done], "values": [j.value for j in done],
+                "seeds_run": [j.seed for j in done], "seed_indices": [j.seed_index for j in done],
+                "values": [j.value for j in done],
                 "completed": len(vals), "failed": sum(j.state == FAILED for j in done),
                 "mean": float(np.mean(vals)) if vals else None,
                 "eliminated": e is not None,
