@@ -183,6 +183,20 @@ def test_default_parallelism_follows_the_gpus(two_gpus, monkeypatch):
     assert app.default_n_jobs(cpu_cfg, 100) == len(os.sched_getaffinity(0))
 
 
+def test_a_plain_apps_default_parallelism_is_the_pool_its_jobs_draw_from(two_gpus, monkeypatch):
+    """A plain app's jobs each hold a slot of hexsweep's pool (device auto: 2 GPUs here); so many
+    jobs start at once, not one per core that would wait for a slot with its timeout running."""
+    from omegaconf import OmegaConf
+
+    from hexsweep.sweep.apps import PLAIN
+
+    monkeypatch.setattr(assign, "usable_cores", lambda: 16)
+    assert PLAIN.default_n_jobs(OmegaConf.create({"hydra": {"launcher": {"slots_per_gpu": None}}}), 100) == 2
+    assert PLAIN.default_n_jobs(OmegaConf.create({"hydra": {"launcher": {"slots_per_gpu": 3}}}), 100) == 6
+    monkeypatch.setattr(assign, "gpu_count", lambda: 0)
+    assert PLAIN.default_n_jobs(OmegaConf.create({}), 100) == 16
+
+
 def test_scheduled_jobs_size_their_share_from_the_scheduler(monkeypatch, tmp_path):
     """submitit's cpus_per_task sets the node's pool; a Slurm job (its cores are its own) takes
     no CPU slot, unless the hexsweep launcher forked it inside an allocation."""

@@ -21,9 +21,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.cli import first_line
-from hexsweep.devices import usable_cores
 from hexsweep.pruners import SETTINGS as PRUNER_KEYS
-from hexsweep.resources.assign import cpu_share, job_env  # noqa: F401  (the runner's imports; decided there)
+from hexsweep.resources.assign import cpu_share, default_parallel, job_env  # noqa: F401  (job_env: the runner's)
 
 
 @dataclass
@@ -76,8 +75,12 @@ class JobApp:
         """Raise a HexsweepError (one line) for a job config that must not start."""
 
     def default_n_jobs(self, cfg: DictConfig, num_jobs: int) -> int:
-        """Jobs at once when ``hydra.launcher.n_jobs`` is not set: the CPU cores."""
-        return max(1, min(usable_cores(), num_jobs))
+        """Jobs at once when ``hydra.launcher.n_jobs`` is not set: the slots of the pool its jobs
+        draw from (sweep/process.py, device ``auto``: the GPU slots, ``hydra.launcher.slots_per_gpu``
+        per GPU, else the CPU cores), so that no job starts only to wait for a slot while its
+        ``timeout_s`` runs."""
+        per_gpu = OmegaConf.select(cfg, "hydra.launcher.slots_per_gpu", default=None) if cfg is not None else None
+        return default_parallel("auto", per_gpu, num_jobs)
 
     def waits_for_owner(self, cfg: DictConfig) -> bool:
         """Whether a second driver on a sweep folder waits for the first (else it refuses)."""
