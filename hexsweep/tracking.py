@@ -40,16 +40,18 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from hexsweep.atomic import atomic_write_json
 from hexsweep.devices import is_oom
 from hexsweep.errors import HexsweepError
 from hexsweep.heartbeat import beat
+
+if TYPE_CHECKING:  # the sweep's driver imports this module too, and needs no torch
+    import torch
 
 log = logging.getLogger("hexsweep.tracking")
 
@@ -532,10 +534,11 @@ class Trackers:
         values = {"loss": float(loss.detach()), "lr": float(optimizer.param_groups[0]["lr"]),
                   "samples_per_s": seen / (now - start) if now > start else math.nan,
                   "rss_mb": psutil.Process().memory_info().rss / 2**20}
-        if loss.is_cuda:
-            values["gpu_mem_mb"] = torch.cuda.memory_allocated(loss.device) / 2**20
-        elif loss.device.type == "mps":
-            values["gpu_mem_mb"] = torch.mps.current_allocated_memory() / 2**20
+        if loss.is_cuda or loss.device.type == "mps":
+            import torch
+
+            values["gpu_mem_mb"] = (torch.cuda.memory_allocated(loss.device) if loss.is_cuda
+                                    else torch.mps.current_allocated_memory()) / 2**20
         self._each("log_step", self.step, values)
         self._window = (time.perf_counter(), 0)
 

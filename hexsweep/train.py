@@ -35,13 +35,13 @@ from hexsweep.jobfolder import (
     INTERRUPTED,
     completed_result,
 )
-from hexsweep.lifecycle import anchor_paths, enter_launch_dir, train_job_recorded  # noqa: E402
 from hexsweep.naming import register_resolvers
-from hexsweep.search.pruning import trial_hook
 from hexsweep.sweep.apps import job_app
+from hexsweep.sweep.compose import shared_config_store
 from hexsweep.sweep.train_app import TRAIN_APP
 
 log = logging.getLogger("hexsweep.train")
+HELP = {"--help", "-h", "--hydra-help"}
 register_schema()
 register_resolvers()
 
@@ -49,6 +49,11 @@ register_resolvers()
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 @job_app(TRAIN_APP)
 def main(cfg: DictConfig) -> float:
+    # the job's side (torch, the trainer) loads here, in the job: --help and the sweep's driver
+    # never need it, and a sweep's job server has it loaded already (sweep/warm.py)
+    from hexsweep.lifecycle import anchor_paths, enter_launch_dir, train_job_recorded
+    from hexsweep.search.pruning import trial_hook
+
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -121,7 +126,11 @@ def check_writable(folder: str) -> None:
 
 def cli_main() -> None:
     precheck_argv(sys.argv[1:])
-    main()
+    if HELP & set(sys.argv[1:]):
+        with shared_config_store():  # Hydra's help copies the ConfigStore once per config group
+            main()
+    else:
+        main()
 
 
 if __name__ == "__main__":

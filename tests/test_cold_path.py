@@ -26,12 +26,13 @@ print("\\nMODULES " + json.dumps({{"code": code, "modules": sorted(sys.modules),
 """
 
 
-def loaded(module: str, *args: str, cwd=None) -> tuple[int, set[str], int]:
+def loaded(module: str, *args: str, cwd=None) -> tuple[int, set[str], int, str]:
+    """The exit code, the modules loaded, the frozen heap's size, and what the command printed."""
     out = subprocess.run([sys.executable, "-c", RUN.format(module=module, args=list(args))], capture_output=True,
                          text=True, timeout=300, cwd=cwd)
-    line = next(x for x in out.stdout.splitlines() if x.startswith("MODULES "))
-    data = json.loads(line[len("MODULES "):])
-    return data["code"], set(data["modules"]), data["frozen"]
+    printed, _, line = out.stdout.rpartition("\nMODULES ")
+    data = json.loads(line)
+    return data["code"], set(data["modules"]), data["frozen"], printed
 
 
 def heavy(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -39,10 +40,12 @@ def heavy(modules: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 def test_train_help_loads_no_report_search_or_logger_library(tmp_path):
-    code, modules, _ = loaded("hexsweep.train", "--help", cwd=tmp_path)
+    code, modules, _, printed = loaded("hexsweep.train", "--help", cwd=tmp_path)
     assert code in (0, None)
-    assert "torch" in modules  # the app itself is torch: the baseline --help is measured against
-    assert heavy(modules, HEAVY) == []
+    # torch is the job's (hexsweep/lifecycle.py), loaded in the job server, never by --help
+    assert heavy(modules, ("torch", *HEAVY)) == []
+    # every config group is still listed with its options (hexsweep/sweep/compose.py: shared_config_store)
+    assert "model: resnet, resnet18, small" in printed and "logger: csv, mlflow, none, tensorboard" in printed
 
 
 def test_analyze_loads_no_torch_and_no_scipy_stats(tmp_path):
@@ -57,7 +60,7 @@ def test_analyze_loads_no_torch_and_no_scipy_stats(tmp_path):
         (job / "result.json").write_text(json.dumps(result))
         (job / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_objective": value + 1 / e}) + "\n"
                                                    for e in (1, 2)))
-    code, modules, frozen = loaded("hexsweep.analyze", str(sweep), cwd=tmp_path)
+    code, modules, frozen, _ = loaded("hexsweep.analyze", str(sweep), cwd=tmp_path)
     assert code in (0, None)
     # the report was written, with its statistics and plots: the libraries it needs did load
     summary = json.loads((sweep / "summary.json").read_text())
@@ -67,3 +70,93 @@ def test_analyze_loads_no_torch_and_no_scipy_stats(tmp_path):
                            "optuna", "hydra")) == []
     # its exit skips the garbage collections over a heap about to be freed anyway (hexsweep/cli.py)
     assert frozen > 100_000
+
+
+# ---- the driver's cached composition (hexsweep/sweep/compose.py) against Hydra's own -------------
+# Each case: a job's overrides. Several share their config-group choices with an earlier case, so
+# they compose from the cache; the others fill it. A case Hydra refuses must fail the same way.
+JOB_OVERRIDES = [
+    ["seed=1"],
+    ["seed=2", "optim.lr=0.01", "experiment_name=${model.name}_x", "batch_size=${seed}"],
+    ["model=resnet", "seed=0"],
+    ["seed=3", "model=resnet", "model.channels=8", "~hydra.callbacks.sweep_report"],
+    ["model=resnet", "~model.dropout"],
+    ["seed=1", "+extra=5", "++optim.weight_decay=0.5", "++added=x"],
+    ["model@model=resnet", "seed=2"],
+    ["experiment=balanced_high_lr", "debug=tiny"],
+    ["debug=tiny", "trainer.epochs=1", "hydra.job.name=other", "hydra.job.chdir=true"],
+    ["logger=[tensorboard,csv]", "~debug"],
+    ["~logger", "seed=5"],
+    ["model={channels: 8}", "seed=6"],
+    ["+data@extra=tiny"],
+    ["hydra/launcher=local", "seed=7"],
+    ["hydra.job.config.override_dirname.exclude_keys=[seed]", "seed=8", "optim.lr=0.1"],
+    ["seed=abc"],
+    ["nonexistent=1"],
+    ["model=nonexistent"],
+    ["seed=1,2"],
+    ["+model=small"],
+]
+
+
+def _nodes(cfg, path=""):
+    """Every node's value, type, flags and schema, unresolved: what must match for the cache to be Hydra's."""
+    from omegaconf import DictConfig, ListConfig
+
+    meta = cfg._metadata
+    yield path, type(cfg).__name__, meta.object_type, meta.ref_type, meta.optional, dict(meta.flags or {}), \
+        getattr(meta, "key_type", None), getattr(meta, "element_type", None)
+    if isinstance(cfg, DictConfig):
+        if cfg._is_missing() or cfg._is_none() or cfg._is_interpolation():
+            yield path, cfg._value()
+            return
+        for key in cfg:
+            yield from _nodes(cfg._get_node(key), f"{path}.{key}")
+    elif isinstance(cfg, ListConfig):
+        if cfg._is_missing() or cfg._is_none() or cfg._is_interpolation():
+            yield path, cfg._value()
+            return
+        for i in range(len(cfg)):
+            yield from _nodes(cfg._get_node(i), f"{path}[{i}]")
+    else:
+        yield path, repr(cfg._value())
+
+
+def _outcome(load, master, overrides):
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = load(master, overrides)
+    except Exception as e:  # the error itself must be Hydra's
+        return ("error", type(e).__name__, str(e), repr(e.__cause__))
+    task = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return list(_nodes(cfg)), task, OmegaConf.select(cfg, "hydra.sweep.dir")
+
+
+def test_cached_composition_is_hydras(tmp_path, monkeypatch):
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hexsweep.cli import CONF_DIR
+    from hexsweep.config import register_schema
+    from hexsweep.sweep.compose import SweepComposer, share_composition
+
+    monkeypatch.chdir(tmp_path)
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        hydra_load = loader.load_sweep_config
+        master = loader.load_configuration(
+            "train", ["hydra.launcher.n_jobs=2", "hydra.job.config.override_dirname.item_sep=+",
+                      f"paths.outputs={tmp_path}", "seed=0,1"], RunMode.MULTIRUN)
+        composer = share_composition(loader)
+        assert share_composition(loader) is composer and isinstance(composer, SweepComposer)
+        for overrides in JOB_OVERRIDES:
+            cached = _outcome(loader.load_sweep_config, master, overrides)
+            assert cached == _outcome(hydra_load, master, overrides), overrides
+            # the composition handed out is the caller's own: changing it changes no later job
+            if cached[0] != "error":
+                cfg = loader.load_sweep_config(master, overrides)
+                cfg.hydra.job.name, cfg.experiment_name = "changed", "changed"
+        assert composer.enabled and composer.hits >= 8

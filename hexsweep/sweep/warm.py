@@ -18,7 +18,7 @@ import scipy.stats  # noqa: F401  (the evaluation's calibration)
 import torch
 from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (logger=tensorboard, the default)
 
-from hexsweep import provenance
+from hexsweep import lifecycle, provenance  # noqa: F401  (lifecycle: hexsweep.train's job, its trainer)
 from hexsweep.search import storage  # noqa: F401  (an Optuna trial's link: optuna, its storages)
 
 # The server imports hexsweep.train under its name; multiprocessing runs it again in each job

@@ -45,9 +45,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="hexsweep", node=Hexsw
 
 
 class JobConfigLauncher(Launcher):
-    """What hexsweep's launchers share: the setup, and composing each job's config once (the
-    sweeper's validation pass and the launcher share it). ``launch`` stays abstract, so Hydra's
-    plugin scan does not take this class for a launcher."""
+    """What hexsweep's launchers share: the setup, and composing each job's config from a cache
+    that the sweeper's validation pass and the launcher share (hexsweep/sweep/compose.py).
+    ``launch`` stays abstract, so Hydra's plugin scan does not take this class for a launcher."""
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -58,6 +58,9 @@ class JobConfigLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        from hexsweep.sweep.compose import share_composition
+
+        share_composition(hydra_context.config_loader)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
