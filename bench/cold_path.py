@@ -1,9 +1,12 @@
 """Fixed costs of hexsweep against their baselines, as ratios measured in one run (issue 24).
 
     python bench/cold_path.py [--repeats 3] [--small 8] [--large 24] [--only help,import,first,jobs,report,gain]
+                              [--before DIR]
 
 Every figure is the best of ``--repeats`` runs, with its baseline timed in the same loop
-(alternating), so a busy machine slows both sides alike. Prints one line per figure:
+(alternating), so a busy machine slows both sides alike. ``--before DIR``: another checkout of
+hexsweep (``git worktree add --detach DIR <commit>``) whose commands run in the same loop too
+(``PYTHONPATH=DIR``), each figure then printed for both ("before" lines). Prints one line per figure:
 
 - help:   ``python -m hexsweep.train --help`` / ``python -c "import torch"`` (target <= 1.3)
 - import: ``python -c "import hexsweep.train"`` / ``import torch``
@@ -39,12 +42,31 @@ PY = sys.executable
 TINY = ("debug=tiny", "strength.games=0", "hydra.launcher.progress=off")
 
 
-def best(cmds: dict[str, list[str]], repeats: int, cwd: str | None = None) -> dict[str, float]:
+Cmd = list[str] | tuple[list[str], dict[str, str]]  # a command, or a command and its environment
+BEFORE = " before"  # the suffix of a figure's name for the --before checkout's command
+
+
+def before_env(checkout: str | None) -> dict[str, str] | None:
+    """The environment that runs the --before checkout's code (it comes first on the path)."""
+    return None if checkout is None else {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
+
+
+def sides(name: str, cmd: list[str], before: dict[str, str] | None) -> dict[str, Cmd]:
+    """A hexsweep command, and with --before the same command on the other checkout's code."""
+    return {name: cmd, **({name + BEFORE: (cmd, before)} if before is not None else {})}
+
+
+def timed(cmd: Cmd, cwd: str | None = None) -> float:
+    argv, env = cmd if isinstance(cmd, tuple) else (cmd, None)
+    return run_timed(argv, cwd=cwd, env=env)[0]
+
+
+def best(cmds: dict[str, Cmd], repeats: int, cwd: str | None = None) -> dict[str, float]:
     """Each command's best wall time over ``repeats`` rounds, the commands alternating in each round."""
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(repeats):
         for name, cmd in cmds.items():
-            times[name].append(run_timed(cmd, cwd=cwd)[0])
+            times[name].append(timed(cmd, cwd=cwd))
     return {k: min(v) for k, v in times.items()}
 
 
@@ -57,11 +79,12 @@ def ratio(name: str, ours: float, base: float, what: str, target: str = "") -> N
     print(f"{name:32s} {ours:7.2f} s / {base:6.2f} s = {ours / base:5.2f}x  ({what}){mark}", flush=True)
 
 
-def time_to_file(cmd: list[str], path_glob: str, root: Path, timeout_s: float = 300) -> float:
+def time_to_file(cmd: list[str], path_glob: str, root: Path, timeout_s: float = 300,
+                 env: dict[str, str] | None = None) -> float:
     """Seconds from the command's start until a file matching ``path_glob`` exists under ``root``;
     the command is then left to finish."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         while time.perf_counter() - start < timeout_s:
             if next(root.glob(path_glob), None) is not None:
@@ -85,91 +108,127 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=8)
     parser.add_argument("--large", type=int, default=24)
     parser.add_argument("--only", default="help,import,first,jobs,report,gain")
+    parser.add_argument("--before", help="another hexsweep checkout, timed in the same loops")
     args = parser.parse_args()
     parts = set(args.only.split(","))
+    before = before_env(args.before)
+    versions = ("", BEFORE) if before is not None else ("",)
     noop_app = str(Path(__file__).with_name("noop_app.py"))
     torch_cmd = [PY, "-c", "import torch"]
+    print(f"start: load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = f"paths.outputs={tmp}"
         run_timed(hexsweep_cmd("debug=tiny", "trainer.epochs=0", "strength.games=0", out))  # the dataset, once
         if "help" in parts or "import" in parts:
-            t = best({"torch": torch_cmd, "help": hexsweep_cmd("--help"),
-                      "import": [PY, "-c", "import hexsweep.train"]}, args.repeats)
-            ratio("--help / import torch", t["help"], t["torch"], "start-up", "<= 1.3")
-            ratio("import hexsweep.train / torch", t["import"], t["torch"], "start-up")
+            t = best({"torch": torch_cmd, **sides("help", hexsweep_cmd("--help"), before),
+                      **sides("import", [PY, "-c", "import hexsweep.train"], before)}, args.repeats)
+            for v in versions:
+                ratio("--help / import torch" + v, t["help" + v], t["torch"], "start-up", "<= 1.3")
+                ratio("import hexsweep.train / torch" + v, t["import" + v], t["torch"], "start-up")
         if "first" in parts:
-            firsts: dict[str, list[float]] = {"sweep": [], "single": []}
+            firsts: dict[str, list[float]] = {f"{k}{v}": [] for k in ("sweep", "single") for v in versions}
             for i in range(args.repeats):
-                first = ("trainer.epochs=1", "trainer.checkpoint_every_steps=1", out)
-                sweep_dir = Path(tmp) / f"first-{i}"
-                sweep = hexsweep_cmd("-m", "seed=0", *TINY, *first, f"hydra.sweep.dir={sweep_dir}")
-                firsts["sweep"].append(time_to_file(sweep, "*/last.pt", sweep_dir))
-                run_dir = Path(tmp) / f"single-{i}"
-                firsts["single"].append(time_to_file(
-                    hexsweep_cmd("debug=tiny", "strength.games=0", *first, f"hydra.run.dir={run_dir}"), "last.pt",
-                    run_dir))
-            ratio("first step: sweep / single run", min(firsts["sweep"]), min(firsts["single"]),
-                  "a one-job sweep's first training step against the same job alone")
+                for v in versions:
+                    env = before if v else None
+                    first = ("trainer.epochs=1", "trainer.checkpoint_every_steps=1", out)
+                    sweep_dir = Path(tmp) / f"first{v.strip()}-{i}"
+                    sweep = hexsweep_cmd("-m", "seed=0", *TINY, *first, f"hydra.sweep.dir={sweep_dir}")
+                    firsts["sweep" + v].append(time_to_file(sweep, "*/last.pt", sweep_dir, env=env))
+                    run_dir = Path(tmp) / f"single{v.strip()}-{i}"
+                    firsts["single" + v].append(time_to_file(
+                        hexsweep_cmd("debug=tiny", "strength.games=0", *first, f"hydra.run.dir={run_dir}"), "last.pt",
+                        run_dir, env=env))
+            for v in versions:
+                ratio("first step: sweep / single run" + v, min(firsts["sweep" + v]), min(firsts["single" + v]),
+                      "a one-job sweep's first training step against the same job alone")
         if "jobs" in parts or "report" in parts:
-            results: dict[str, dict[int, float]] = {"hexsweep": {}, "bare": {}, "launcher": {}}
+            results: dict[str, dict[int, float]] = {}
             sizes = (args.small, args.large) if "jobs" in parts else (args.small,)
             for n in sizes:
                 seeds = ",".join(str(i) for i in range(n))
-                t = best({
-                    "hexsweep": hexsweep_cmd("-m", f"seed={seeds}", "trainer.epochs=0", *TINY, out,
-                                             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/noop-{n}"),
-                    "bare": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                             f"hydra.sweep.dir={tmp}/bare-{n}"],
-                    "launcher": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=hexsweep",
-                                 "hydra.launcher.n_jobs=2", "hydra.launcher.progress=off",
-                                 f"hydra.sweep.dir={tmp}/launcher-{n}"],
-                }, args.repeats, cwd=tmp)
+                cmds: dict[str, Cmd] = {"bare": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=joblib",
+                                                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/bare-{n}"]}
+                for v in versions:  # each side its own folders: a sweep folder is not run twice
+                    tag = v.strip()
+                    cmds.update(sides(
+                        "hexsweep", hexsweep_cmd("-m", f"seed={seeds}", "trainer.epochs=0", *TINY, out,
+                                                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/noop{tag}-{n}"),
+                        before if v else None))
+                    cmds.update(sides(
+                        "launcher", [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=hexsweep",
+                                     "hydra.launcher.n_jobs=2", "hydra.launcher.progress=off",
+                                     f"hydra.sweep.dir={tmp}/launcher{tag}-{n}"], before if v else None))
+                # a second round must not find the first's sweep folders (resume, owner): fresh ones per round
+                t = best_fresh(cmds, args.repeats, tmp)
                 for k, v in t.items():
-                    results[k][n] = v
+                    results.setdefault(k, {})[n] = v
             if "jobs" in parts:
                 slope = {k: (v[args.large] - v[args.small]) / (args.large - args.small) for k, v in results.items()}
-                ratio("per job: launcher / joblib", slope["launcher"], slope["bare"], "a bare app", "<= 1.2")
-                ratio("per job: hexsweep.train / joblib", slope["hexsweep"], slope["bare"], "no-op jobs", "<= 2")
-                for k in ("hexsweep", "launcher"):
-                    fixed = results[k][args.small] - slope[k] * args.small
-                    print(f"{'':32s} {k}: fixed start-up {fixed:.2f} s (joblib's "
-                          f"{results['bare'][args.small] - slope['bare'] * args.small:.2f} s)")
-                ratio(f"whole sweep of {args.large}: hexsweep / joblib", results["hexsweep"][args.large],
-                      results["bare"][args.large], "no-op jobs")
-            ratio(f"whole sweep of {args.small}: hexsweep / joblib", results["hexsweep"][args.small],
-                  results["bare"][args.small], "no-op jobs", "<= 2.0")
+                for v in versions:
+                    ratio("per job: launcher / joblib" + v, slope["launcher" + v], slope["bare"], "a bare app",
+                          "<= 1.2")
+                    ratio("per job: hexsweep.train / joblib" + v, slope["hexsweep" + v], slope["bare"], "no-op jobs",
+                          "<= 2")
+                    for k in ("hexsweep" + v, "launcher" + v):
+                        fixed = results[k][args.small] - slope[k] * args.small
+                        print(f"{'':32s} {k}: fixed start-up {fixed:.2f} s (joblib's "
+                              f"{results['bare'][args.small] - slope['bare'] * args.small:.2f} s)")
+                    ratio(f"whole sweep of {args.large}: hexsweep / joblib" + v, results["hexsweep" + v][args.large],
+                          results["bare"][args.large], "no-op jobs")
+            for v in versions:
+                ratio(f"whole sweep of {args.small}: hexsweep / joblib" + v, results["hexsweep" + v][args.small],
+                      results["bare"][args.small], "no-op jobs", "<= 2.0")
         if "report" in parts:
             for n in (4, 20, 200):
                 make_jobs(Path(tmp) / f"jobs-{n}", n)
-            cmds = {"base": [PY, "-c", "import pandas, matplotlib.pyplot"],
-                    **{f"{n} jobs": [PY, "-m", "hexsweep.analyze", f"{tmp}/jobs-{n}"] for n in (4, 20, 200)},
-                    f"{args.small} no-op jobs": [PY, "-m", "hexsweep.analyze", f"{tmp}/noop-{args.small}"]}
+            cmds = {"base": [PY, "-c", "import pandas, matplotlib.pyplot"]}
+            for n in (4, 20, 200):
+                cmds.update(sides(f"{n} jobs", [PY, "-m", "hexsweep.analyze", f"{tmp}/jobs-{n}"], before))
+            cmds.update(sides(f"{args.small} no-op jobs", [PY, "-m", "hexsweep.analyze", f"{tmp}/noop-{args.small}-r0"],
+                              before))
             t = best(cmds, args.repeats, cwd=tmp)
             for name in cmds:
                 if name != "base":
-                    target = "<= 2" if name != "200 jobs" else ""
+                    target = "<= 2" if not name.startswith("200 jobs") else ""
                     ratio(f"analyze {name} / pandas+pyplot", t[name], t["base"], "report", target)
         if "gain" in parts:
-            epochs = ("trainer.epochs=12", *TINY, out)
-            seeds = "seed=0,1,2,3"
-            runs: dict[str, list[float]] = {"seq": [], "par": [], "one": [], "two": []}
-            for i in range(max(1, args.repeats - 1)):
-                runs["seq"].append(run_timed(hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=1",
-                                                          f"hydra.sweep.dir={tmp}/seq-{i}"))[0])
-                runs["par"].append(run_timed(hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=2",
-                                                          f"hydra.sweep.dir={tmp}/par-{i}"))[0])
-                for k, threads in (("one", 1), ("two", 2)):
-                    run_timed(hexsweep_cmd("-m", "seed=0", *epochs, f"num_threads={threads}",
-                                           "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={tmp}/{k}-{i}"))
-                    runs[k].append(job_seconds(Path(tmp) / f"{k}-{i}")[0])
-            gain = min(runs["seq"]) / min(runs["par"])
-            ceiling = 2 * min(runs["two"]) / min(runs["one"])
-            print(f"{'parallel gain / ceiling':32s} {gain:7.2f}x / {ceiling:5.2f}x = {gain / ceiling:5.2f}  "
-                  f"(sequential {min(runs['seq']):.1f} s, n_jobs=2 {min(runs['par']):.1f} s; one job alone "
-                  f"{min(runs['two']):.1f} s with 2 threads, {min(runs['one']):.1f} s with 1)  target >= 0.9: "
-                  f"{'met' if gain / ceiling >= 0.9 else 'MISSED'}", flush=True)
+            for v in versions:
+                gain_figure(tmp, out, args.repeats, v, before if v else None)
     print(f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
 
+
+def best_fresh(cmds: dict[str, Cmd], repeats: int, tmp: str) -> dict[str, float]:
+    """``best`` for sweeps: each round in its own sweep folders (``hydra.sweep.dir=...-r<round>``)."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for r in range(repeats):
+        for name, cmd in cmds.items():
+            argv, env = cmd if isinstance(cmd, tuple) else (cmd, None)
+            argv = [f"{a}-r{r}" if a.startswith("hydra.sweep.dir=") else a for a in argv]
+            times[name].append(timed((argv, env), cwd=tmp))
+    return {k: min(v) for k, v in times.items()}
+
+
+def gain_figure(tmp: str, out: str, repeats: int, version: str, env: dict[str, str] | None) -> None:
+    """The parallel gain (4 jobs of 12 tiny epochs, sequential / n_jobs=2) against its ceiling."""
+    epochs = ("trainer.epochs=12", *TINY, out)
+    seeds = "seed=0,1,2,3"
+    tag = version.strip()
+    runs: dict[str, list[float]] = {"seq": [], "par": [], "one": [], "two": []}
+    for i in range(max(1, repeats - 1)):
+        runs["seq"].append(timed((hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=1",
+                                               f"hydra.sweep.dir={tmp}/seq{tag}-{i}"), env)))
+        runs["par"].append(timed((hexsweep_cmd("-m", seeds, *epochs, "hydra.launcher.n_jobs=2",
+                                               f"hydra.sweep.dir={tmp}/par{tag}-{i}"), env)))
+        for k, threads in (("one", 1), ("two", 2)):
+            timed((hexsweep_cmd("-m", "seed=0", *epochs, f"num_threads={threads}", "hydra.launcher.n_jobs=1",
+                                f"hydra.sweep.dir={tmp}/{k}{tag}-{i}"), env))
+            runs[k].append(job_seconds(Path(tmp) / f"{k}{tag}-{i}")[0])
+    gain = min(runs["seq"]) / min(runs["par"])
+    ceiling = 2 * min(runs["two"]) / min(runs["one"])
+    print(f"{'parallel gain / ceiling' + version:32s} {gain:7.2f}x / {ceiling:5.2f}x = {gain / ceiling:5.2f}  "
+          f"(sequential {min(runs['seq']):.1f} s, n_jobs=2 {min(runs['par']):.1f} s; one job alone "
+          f"{min(runs['two']):.1f} s with 2 threads, {min(runs['one']):.1f} s with 1)  target >= 0.9: "
+          f"{'met' if gain / ceiling >= 0.9 else 'MISSED'}", flush=True)
 
 if __name__ == "__main__":
     main()

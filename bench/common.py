@@ -55,10 +55,11 @@ class PssWatcher:
             time.sleep(self.interval_s)
 
 
-def run_timed(cmd: list[str], watch_memory: bool = False, cwd: str | None = None) -> tuple[float, float, str]:
+def run_timed(cmd: list[str], watch_memory: bool = False, cwd: str | None = None,
+              env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak summed PSS of the descendants (MB), stderr tail."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
     peak = 0.0
     if watch_memory:
         with PssWatcher(proc.pid) as w:
