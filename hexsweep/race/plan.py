@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from hexsweep.race.stats import Elimination, RaceDecider, paired_effect, seed_correlation, seeds_to_separate
+from hexsweep.race.stats import (
+    MAX_SEEDS,
+    Elimination,
+    RaceDecider,
+    paired_effect,
+    seed_correlation,
+    seeds_to_separate,
+)
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 
@@ -162,7 +169,7 @@ class Race:
         within = "so far (interrupted)" if interrupted else f"within {self.ended_by()}"
         if any(x is None for x in needed):
             more = None
-            tail = ("no number of seeds up to 1000 would probably separate them (their difference is nil, or "
+            tail = (f"no number of seeds up to {MAX_SEEDS} would probably separate them (their difference is nil, or "
                     "too small next to the spread between seeds)")
         else:
             more = max(1, max(needed) - n)  # not separated yet: at least one more

@@ -41,10 +41,10 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+# the report's: its interval level, the power of "seeds that would probably separate", and the most seeds
+from hexsweep.report.stats import CONFIDENCE, MAX_SEEDS, POWER
+
 TESTS = ("friedman", "paired_t")
-CONFIDENCE = 0.95
-POWER = 0.8
-MAX_MORE = 1000  # seeds: past this, "more seeds" is not an answer
 
 
 @dataclass
@@ -291,7 +291,7 @@ def seeds_to_separate(a: np.ndarray, b: np.ndarray, level: float, power: float =
     """Seeds in all that a paired t-test at ``level`` would probably (``power``) need to separate
     two configurations, taking their observed mean paired difference and its spread as the truth
     (statsmodels' TTestPower, the one-sample/paired t); None when no number would (no difference
-    or no spread) or more than MAX_MORE."""
+    or no spread) or more than MAX_SEEDS."""
     from statsmodels.stats.power import TTestPower
 
     both = np.isfinite(a) & np.isfinite(b)
@@ -309,7 +309,7 @@ def seeds_to_separate(a: np.ndarray, b: np.ndarray, level: float, power: float =
     except (ValueError, RuntimeError):
         return None
     n = float(np.asarray(n).ravel()[0])
-    return int(math.ceil(n)) if math.isfinite(n) and n <= MAX_MORE else None
+    return int(math.ceil(n)) if math.isfinite(n) and n <= MAX_SEEDS else None
 
 
 def seed_correlation(values: np.ndarray) -> dict[str, Any] | None:
