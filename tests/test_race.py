@@ -333,6 +333,20 @@ def test_only_hexsweep_train_declares_an_objective_direction():
     assert search.job_overrides(race, 0, 1) == ["arm=0", "seed=1", "objective.direction=maximize"]
 
 
+def test_only_the_app_says_what_resumes_a_race():
+    """``resume`` is hexsweep.train's key: a plain app's config may hold a key of that name for
+    its own use, and continues a race only with hydra.launcher.resume=true."""
+    from hexsweep.sweep.train_app import TRAIN_APP
+
+    search = RaceSearch({"seed_key": "seed"})
+    search.config = OmegaConf.create({"resume": True, "hydra": {"launcher": {}}})
+    assert not search.resuming()
+    search.config.hydra.launcher.resume = True
+    assert search.resuming()
+    search.app, search.config = TRAIN_APP, OmegaConf.create({"resume": True, "hydra": {"launcher": {}}})
+    assert search.resuming()
+
+
 def test_a_stop_request_after_the_race_waits_for_the_report(monkeypatch):
     """As after a list launch or a search: once the race's jobs are over, Hydra's end-of-sweep
     callback writes the report, and SIGTERM then is remembered instead of killing it mid-write."""

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 RACE_JSON = "race.json"
 
 
-def without_resume(overrides: list[str]) -> list[str]:
-    """A configuration's overrides without ``resume=...``, which a resumed race's command adds."""
-    return [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+def without_resume(overrides: list[str], keys: set[str]) -> list[str]:
+    """A configuration's overrides without the app's resume ``keys`` (``resume=...`` for
+    hexsweep.train), which a resumed race's command adds."""
+    return [o for o in overrides if o.partition("=")[0].lstrip("+~") not in keys]
 
 
 class RaceStopped(HexsweepError):
@@ -137,7 +138,7 @@ class RaceSearch:
 
     def resuming(self) -> bool:
         cfg = self.config
-        return bool(cfg.get("resume")) or bool(OmegaConf.select(cfg, "hydra.launcher.resume", default=False))
+        return self.app.resumes(cfg) or bool(OmegaConf.select(cfg, "hydra.launcher.resume", default=False))
 
     def _new_race(self, configs: list[list[str]]) -> Race:
         common = common_overrides(configs)
@@ -161,7 +162,8 @@ class RaceSearch:
             jobs = old["jobs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} cannot be read ({e}): it is not a race this version wrote") from None
-        if [without_resume(c) for c in old_configs] != [without_resume(c) for c in race.configs]:
+        keys = {o.partition("=")[0] for o in self.app.resume_overrides()}
+        if [without_resume(c, keys) for c in old_configs] != [without_resume(c, keys) for c in race.configs]:
             raise ConfigError(f"the race in {sweep_dir} raced other configurations "
                               f"({len(old_configs)}: {', '.join(' '.join(c) for c in old_configs[:3])}...): "
                               "resume it with the same sweep overrides")

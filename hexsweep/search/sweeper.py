@@ -377,7 +377,7 @@ class OptunaSearch:
         if existing is not None and [d.name.lower() for d in study.directions] != directions:
             raise ConfigError(f"study {name!r} has directions {[d.name.lower() for d in study.directions]}, "
                               f"but hydra.sweeper.direction is {directions}")
-        check_space(study, storage_spec, space, explicit=bool(self.config.get("resume")))
+        check_space(study, storage_spec, space, explicit=self.app.resumes(self.config))
         if "search_space" not in study.user_attrs or not study.trials:
             study.set_user_attr("search_space", {k: optuna.distributions.distribution_to_json(d)
                                                  for k, d in space.items()})
@@ -425,7 +425,8 @@ class OptunaSearch:
         n_trials = int(self.p.get("n_trials", 20))
         if isinstance(study.sampler, optuna.samplers.GridSampler):  # as the official plugin: at most the grid
             n_trials = min(n_trials, math.prod(len(grid_points(k, d)) for k, d in space.items()))
-        remaining = n_trials - len(study.trials) if cfg.get("resume") else n_trials
+        resuming = self.app.resumes(cfg)
+        remaining = n_trials - len(study.trials) if resuming else n_trials
         if storage_spec is not None:
             os.environ[STORAGE_ENV] = storage_spec  # how jobs reach the storage: never through their config
         else:
@@ -434,7 +435,7 @@ class OptunaSearch:
         own(sweep_dir, wait=self.app.waits_for_owner(cfg))  # one driver per sweep folder
         # after own(): a driver of this folder that resume=wait waited for has ended (and paused its trials)
         async_jobs = hasattr(self.launcher, "launch_async")
-        paused = paused_trials(study, sweep_dir, self.app) if cfg.get("resume") and async_jobs else []
+        paused = paused_trials(study, sweep_dir, self.app) if resuming and async_jobs else []
         fail_orphans(study, storage, sweep_dir, paused, int(self.p.get("retry_failed") or 0))
         continued = {t.number for t in paused}
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
@@ -449,7 +450,7 @@ class OptunaSearch:
         first_trial = len(study.trials)  # this search's trials are numbered from here (others may interleave)
         interrupted = False
         if async_jobs:
-            loop = AsyncLoop(trials, self.app, max(remaining, 0), n_trials, bool(cfg.get("resume")), paused,
+            loop = AsyncLoop(trials, self.app, max(remaining, 0), n_trials, resuming, paused,
                              max_failure_rate, storage_spec)
             try:
                 with Heartbeat(storage, study, loop.beating):

@@ -147,6 +147,11 @@ class JobApp:
         """Raise a ConfigError (one line) for a search this app cannot run (``settings``: the
         sweeper's values, hydra.sweeper.*)."""
 
+    def resumes(self, cfg: DictConfig) -> bool:
+        """Whether the app's own config asks this run to continue the sweep in its folder (a plain
+        app: never; the launcher's ``hydra.launcher.resume`` is the launcher's, not the app's)."""
+        return False
+
     def joins_study(self, cfg: DictConfig) -> bool:
         """Whether a search may add trials to a study that already has some (plain apps: always,
         as with the official plugin)."""

@@ -124,8 +124,11 @@ class TrainApp(JobApp):
     def direction_overrides(self, cfg: DictConfig, direction: str, taken: set[str]) -> list[str]:
         return [] if "objective.direction" in taken else [f"objective.direction={direction}"]
 
+    def resumes(self, cfg: DictConfig) -> bool:
+        return bool(cfg.get("resume"))  # resume=true, or wait
+
     def joins_study(self, cfg: DictConfig) -> bool:
-        return bool(cfg.get("resume"))  # adding to a study that has trials is asked for with resume=true
+        return self.resumes(cfg)  # adding to a study that has trials is asked for with resume=true
 
     def blocks_after_oom(self, failed: dict[str, Any], params: dict[str, Any]) -> bool:
         """The same params but the batch size ran out of memory at that batch size or a smaller one."""
