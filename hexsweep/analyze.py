@@ -29,7 +29,7 @@ from hexsweep.cli import fail, skip_exit_collection
 from hexsweep.jobfolder import read_result
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.end import failure_line
-from hexsweep.report.files import ranked, tournament_text, write_report
+from hexsweep.report.files import interval_texts, ranked, tournament_text, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,9 +127,7 @@ def format_groups(summary: dict) -> str:
     """Per configuration: n, mean [95% CI], difference from the best [95% CI], verdict."""
     rows = []
     for name, g in list(summary["groups"].items())[:30]:
-        ci = f"[{g['ci_low']:.4f}, {g['ci_high']:.4f}]" if g["ci_low"] is not None else ""
-        diff = "" if g["verdict"] == "best" else f"{g['diff']:+.4f}" + (
-            f" [{g['diff_low']:+.4f}, {g['diff_high']:+.4f}]" if g["diff_low"] is not None else "")
+        ci, diff = interval_texts(g)
         rows.append({"configuration": name, "n": g["n"], "mean": f"{g['mean']:.4f}", "95% CI": ci,
                      "vs best": diff, "verdict": g["verdict"],
                      "seeds needed": "" if g["seeds_needed"] is None else g["seeds_needed"]})

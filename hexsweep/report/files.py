@@ -471,6 +471,15 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
+def interval_texts(g: dict[str, Any]) -> tuple[str, str]:
+    """One configuration of ``summary["groups"]`` as report.md, report.html and ``analyze`` show
+    it: its mean's interval, and its difference from the best with that interval."""
+    ci = f"[{_num(g['ci_low'])}, {_num(g['ci_high'])}]" if g["ci_low"] is not None else ""
+    diff = "" if g["verdict"] == "best" else f"{g['diff']:+.4f}" + (
+        f" [{g['diff_low']:+.4f}, {g['diff_high']:+.4f}]" if g["diff_low"] is not None else "")
+    return ci, diff
+
+
 def comparison_lines(s: dict[str, Any]) -> list[str]:
     """The per-configuration table with intervals and verdicts, and what to do next."""
     if not s["groups"]:
@@ -482,10 +491,7 @@ def comparison_lines(s: dict[str, Any]) -> list[str]:
              f"| configuration | n | mean | std | {conf} CI | difference vs best [{conf} CI] | verdict "
              "| seeds that would probably separate it |", "|---|---|---|---|---|---|---|---|"]
     for name, g in list(s["groups"].items())[:MAX_TABLE_ROWS]:
-        ci = f"[{_num(g['ci_low'])}, {_num(g['ci_high'])}]" if g["ci_low"] is not None else ""
-        diff = "" if g["verdict"] == "best" else (
-            f"{g['diff']:+.4f}" + (f" [{g['diff_low']:+.4f}, {g['diff_high']:+.4f}]" if g["diff_low"] is not None
-                                   else ""))
+        ci, diff = interval_texts(g)
         needed = g["seeds_needed"] if g["seeds_needed"] is not None else ""
         lines.append(f"| `{name}` | {g['n']} | {_num(g['mean'])} | {_num(g['std'])} | {ci} | {diff} "
                      f"| {g['verdict']} | {needed} |")
@@ -632,10 +638,7 @@ def to_html(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool]) -> str:
     groups = ""
     if s["groups"]:
         table = pd.DataFrame([{"configuration": name, "n": g["n"], "mean": _num(g["mean"]),
-                               "95% CI": f"[{_num(g['ci_low'])}, {_num(g['ci_high'])}]" if g["ci_low"] is not None
-                               else "", "difference vs best": "" if g["verdict"] == "best" else
-                               f"{g['diff']:+.4f}" + (f" [{g['diff_low']:+.4f}, {g['diff_high']:+.4f}]"
-                                                      if g["diff_low"] is not None else ""),
+                               **dict(zip(("95% CI", "difference vs best"), interval_texts(g), strict=True)),
                                "verdict": g["verdict"], "seeds needed": g["seeds_needed"] or ""}
                               for name, g in list(s["groups"].items())[:MAX_TABLE_ROWS]])
         c = s.get("comparison") or {}
