@@ -106,7 +106,7 @@ def replay(race: Race, values: np.ndarray, durations: np.ndarray, slots: int) ->
     now = 0.0
     while True:
         while len(running) < slots and (pick := race.next_job()) is not None:
-            job = race.start(len(race.jobs), *pick)
+            job = race.start(race.next_num(), *pick)
             col = seed_col[job.seed]
             running.append((now + durations[job.config, col], job))
         if not running:

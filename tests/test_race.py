@@ -142,7 +142,7 @@ def simulate(race: Race, values: np.ndarray, slots: int, stop_after: int | None 
             if isinstance(pick, RaceJob):
                 pick.state, job = "running", pick
             else:
-                job = race.start(max(race.jobs, default=-1) + 1, *pick)
+                job = race.start(race.next_num(), *pick)
             running.append((now + 1 + job.seed_index % 3, job))
         if not running:
             return busy
