@@ -148,9 +148,11 @@ class JobApp:
         sweeper's values, hydra.sweeper.*)."""
 
     def resumes(self, cfg: DictConfig) -> bool:
-        """Whether the app's own config asks this run to continue the sweep in its folder (a plain
-        app: never; the launcher's ``hydra.launcher.resume`` is the launcher's, not the app's)."""
-        return False
+        """Whether the app's own config asks this run to continue the sweep in its folder: a key of
+        its ``resume_overrides`` is set (a plain app has none; ``hydra.launcher.resume`` is the
+        launcher's, not the app's)."""
+        keys = (o.partition("=")[0].lstrip("+~") for o in self.resume_overrides())
+        return any(bool(OmegaConf.select(cfg, key, default=None)) for key in keys)
 
     def joins_study(self, cfg: DictConfig) -> bool:
         """Whether a search may add trials to a study that already has some (plain apps: always,

@@ -124,9 +124,6 @@ class TrainApp(JobApp):
     def direction_overrides(self, cfg: DictConfig, direction: str, taken: set[str]) -> list[str]:
         return [] if "objective.direction" in taken else [f"objective.direction={direction}"]
 
-    def resumes(self, cfg: DictConfig) -> bool:
-        return bool(cfg.get("resume"))  # resume=true, or wait
-
     def joins_study(self, cfg: DictConfig) -> bool:
         return self.resumes(cfg)  # adding to a study that has trials is asked for with resume=true
 
