@@ -68,3 +68,22 @@ def test_strength_objective_and_detail_metrics_in_a_real_run(tiny_cfg, tmp_path)
     best = json.loads((tmp_path / "job" / "result.json").read_text())["best"]
     assert sum(best["val_calibration"]["count"]) == r["data"]["val_positions"]
     assert best["val_value_ece"] == best["val_calibration"]["ece"]
+
+
+def test_reliability_bins_as_scipy_binned_statistic():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    edges = np.round(np.linspace(0.0, 1.0, 11), 9)
+    # random predictions, every edge exactly (0.3 opens its bin, 1.0 closes the last), and empty bins
+    prob = np.concatenate([rng.random(500), edges, edges, rng.random(20) * 0.2])
+    won = (rng.random(len(prob)) < prob).astype(float)
+    curve = reliability(prob, won)
+    count, _, _ = stats.binned_statistic(prob, prob, "count", bins=edges)
+    predicted, _, _ = stats.binned_statistic(prob, prob, "mean", bins=edges)
+    actual, _, _ = stats.binned_statistic(prob, won, "mean", bins=edges)
+    assert curve["count"] == count.astype(int).tolist()
+    assert curve["predicted"] == [None if c == 0 else float(p) for c, p in zip(count, predicted, strict=True)]
+    assert curve["actual"] == [None if c == 0 else float(a) for c, a in zip(count, actual, strict=True)]
+    sparse = reliability(np.array([0.05, 0.95, 1.0]), np.array([0.0, 1.0, 1.0]))
+    assert sparse["count"] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 2] and sparse["predicted"][1] is None

@@ -7,14 +7,15 @@ pool that a forked child could not use, and it never touches CUDA. It also lists
 packages once, for every job's reproducibility record (hexsweep/provenance.py).
 
 hexsweep.train's own start-up (``--help``, the sweep's driver) leaves out what only a job uses:
-scipy.stats (hexsweep/calibration.py, ~0.7 s), TensorBoard's writer (the default logger,
+torch and the training code (hexsweep/lifecycle.py), TensorBoard's writer (the default logger,
 ~0.3 s) and, for an Optuna trial's pruning link, Optuna and its storages; they load here
-instead, once for every job. None of them starts a thread.
+instead, once for every job. None of them starts a thread. Everything here delays a sweep's
+first job (the driver waits for the server): what no job needs stays out (the evaluation's
+calibration bins with numpy, not scipy.stats).
 """
 
 import warnings
 
-import scipy.stats  # noqa: F401  (the evaluation's calibration)
 import torch
 from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (logger=tensorboard, the default)
 
