@@ -258,6 +258,20 @@ def _send(conn: Connection, status: str, ret: Any) -> None:
     conn.send_bytes(data)
 
 
+def _with_warm_plugins(state: dict[str, Any]) -> dict[str, Any]:
+    """The driver's Hydra singletons, with the plugin registry this process inherited from the job
+    server (sweep/warm_hydra.py). Hydra's ``get_state`` leaves the registry out and ``set_state``
+    rebuilds it by scanning every plugin module again (~0.05 s a job); the server found the same
+    plugins, on the same path, once for every job."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    warm = Singleton._instances.get(Plugins)
+    if warm is None or Plugins in state["instances"]:
+        return state
+    return {**state, "instances": {**state["instances"], Plugins: warm}}
+
+
 def _job_main(blob: tuple[bytes, bytes], conn: Connection, beat: Any) -> None:
     """The job process: Hydra's run_job on the job's config; the JobReturn goes back by pipe."""
     with contextlib.suppress(OSError):
@@ -283,7 +297,7 @@ def _job_main(blob: tuple[bytes, bytes], conn: Connection, beat: Any) -> None:
     if p.get("slots") or p["threads"]:  # else the job takes its own (hexsweep.train's: resources/job.py)
         _take_resources(p.get("slots"), p["config"], None if p.get("slots") else p["threads"])
     setup_globals()
-    Singleton.set_state(p["singleton_state"])
+    Singleton.set_state(_with_warm_plugins(p["singleton_state"]))
     HydraConfig.instance().set_config(p["config"])
     try:
         task = p["task_function"]
