@@ -11,12 +11,12 @@ from hexsweep.resources import admission
 from hexsweep.resources.assign import Assigned, Want, assign, parallel_jobs
 from hexsweep.resources.assign import make_pool as _make_pool
 
-__all__ = ["JobResources", "job_resources", "make_pool", "parallel_jobs"]
-JobResources = Assigned  # the name train.py and the tests know
+__all__ = ["job_resources", "make_pool", "parallel_jobs"]
 
 
 def make_pool(cfg: Any, parallel: int) -> Any:
-    """The slot pool a job with this config draws from (the tournament's workers share it)."""
+    """The slot pool a job with this config draws from (what ``assign`` takes its slot from; the
+    tests inspect it)."""
     return _make_pool(cfg.device, cfg.resources.lock_dir, getattr(cfg, "slots_per_gpu", None),
                       cfg.resources.cpu_slots, parallel)
 
