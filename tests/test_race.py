@@ -316,14 +316,19 @@ def test_the_seed_is_the_race_s_to_set():
 
 
 def test_only_hexsweep_train_declares_an_objective_direction():
-    """A plain app's config may hold any keys, objective.direction included: the sweepers add
-    none of them (Hydra's semantics); hexsweep.train's jobs follow the search's direction."""
+    """A plain app's config may hold any keys, objective.direction and optuna.* included: the
+    sweepers add none of them (Hydra's semantics); hexsweep.train's jobs follow the search's
+    direction and get the link to their trial."""
     from hexsweep.sweep.apps import PLAIN
     from hexsweep.sweep.train_app import TRAIN_APP
 
-    cfg = OmegaConf.create({"seed": 0, "objective": {"metric": "m", "direction": "minimize"}})
+    cfg = OmegaConf.create({"seed": 0, "objective": {"metric": "m", "direction": "minimize"},
+                            "optuna": {"study_name": None}})
     assert PLAIN.trial_overrides(cfg, 2, ["maximize"], set()) == ["seed=2"]
     assert TRAIN_APP.trial_overrides(cfg, 2, ["maximize"], set()) == ["seed=2", "objective.direction=maximize"]
+    assert PLAIN.trial_link(cfg, "s", 2, {"name": "median"}) == []  # nothing in a plain job reads it
+    assert TRAIN_APP.trial_link(cfg, "s", 2, {"name": "median"}) == [
+        "optuna.study_name=s", "optuna.trial_number=2", "optuna.pruner=median"]
     search = RaceSearch({"seed_key": "seed", "direction": "maximize"})
     search.config = cfg
     race = new_race(2, direction="maximize")

@@ -21,7 +21,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.cli import first_line
-from hexsweep.pruners import SETTINGS as PRUNER_KEYS
 from hexsweep.resources.assign import cpu_share, default_parallel, job_env  # noqa: F401  (job_env: the runner's)
 
 
@@ -183,14 +182,9 @@ class JobApp:
         return extra
 
     def trial_link(self, cfg: DictConfig, study_name: str, trial_number: int, pruner: dict[str, Any]) -> list[str]:
-        """The overrides through which a job reports its epochs to its trial and prunes (only for
-        an app whose config has the ``optuna.*`` keys: hexsweep.train's pruning hook)."""
-        if OmegaConf.select(cfg, "optuna.study_name", default="absent") == "absent":
-            return []
-        link = [f"optuna.study_name={quote_value(study_name)}", f"optuna.trial_number={trial_number}",
-                f"optuna.pruner={quote_value(pruner.get('name', 'none'))}"]
-        link += [f"optuna.{key}={quote_value(pruner[key])}" for key in PRUNER_KEYS if key in pruner]
-        return link
+        """The overrides through which a job reports its epochs to its trial and prunes (a plain
+        app: none; its trial gets the task's return value)."""
+        return []
 
     def blocks_after_oom(self, failed: dict[str, Any], params: dict[str, Any]) -> bool:
         """Whether ``params`` would run out of memory as a trial with ``failed`` params did."""

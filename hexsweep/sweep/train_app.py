@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 from hexsweep.config import validate
 from hexsweep.errors import ConfigError
 from hexsweep.jobfolder import FINISHED_OK, INTERRUPTED, completed_result, read_result, record_death
+from hexsweep.pruners import SETTINGS as PRUNER_KEYS
 from hexsweep.resources.assign import default_parallel
-from hexsweep.sweep.apps import JobApp, Verdict
+from hexsweep.sweep.apps import JobApp, Verdict, quote_value
 
 
 class TrainApp(JobApp):
@@ -123,6 +124,13 @@ class TrainApp(JobApp):
 
     def direction_overrides(self, cfg: DictConfig, direction: str, taken: set[str]) -> list[str]:
         return [] if "objective.direction" in taken else [f"objective.direction={direction}"]
+
+    def trial_link(self, cfg: DictConfig, study_name: str, trial_number: int, pruner: dict[str, Any]) -> list[str]:
+        """Its ``optuna.*`` keys: the job's pruning hook (search/pruning.py) reaches its trial."""
+        link = [f"optuna.study_name={quote_value(study_name)}", f"optuna.trial_number={trial_number}",
+                f"optuna.pruner={quote_value(pruner.get('name', 'none'))}"]
+        link += [f"optuna.{key}={quote_value(pruner[key])}" for key in PRUNER_KEYS if key in pruner]
+        return link
 
     def joins_study(self, cfg: DictConfig) -> bool:
         return self.resumes(cfg)  # adding to a study that has trials is asked for with resume=true
