@@ -16,6 +16,7 @@ calibration bins with numpy, not scipy.stats).
 
 import warnings
 
+import numpy.ma  # noqa: F401  (numpy 2 imports it on a job's first np.unique, in the dataset's split)
 import torch
 from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (logger=tensorboard, the default)
 
