@@ -160,3 +160,17 @@ def test_cached_composition_is_hydras(tmp_path, monkeypatch):
                 cfg = loader.load_sweep_config(master, overrides)
                 cfg.hydra.job.name, cfg.experiment_name = "changed", "changed"
         assert composer.enabled and composer.hits >= 8
+
+
+def test_driver_prefetches_the_report_modules_in_the_background(monkeypatch):
+    from hexsweep.sweep.apps import PLAIN
+    from hexsweep.sweep.driver import prefetch
+    from hexsweep.sweep.train_app import TRAIN_APP
+
+    # hexsweep.train's driver imports its report's libraries while it waits for the job server
+    assert {"hexsweep.report.files", "matplotlib.pyplot"} <= set(TRAIN_APP.driver_later) and not PLAIN.driver_later
+    assert prefetch(()) is None and prefetch(("json",)) is None  # nothing to do: no thread
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    thread = prefetch(("colorsys", "hexsweep_no_such_module", "json"))
+    thread.join(60)
+    assert not thread.is_alive() and "colorsys" in sys.modules  # a module that fails stops it quietly

@@ -64,6 +64,9 @@ class JobApp:
 
     #: modules the job server imports once, so that each job starts without importing them
     preload: tuple[str, ...] = ()
+    #: modules the driver's own end-of-sweep work needs (the report's), imported in the background
+    #: while the driver waits for the job server to finish its preload before the first job
+    driver_later: tuple[str, ...] = ()
     #: its jobs beat (hexsweep.heartbeat) from their start, so the stall watchdog watches
     #: them from the start; a plain app's job is watched only once it has beaten
     beats_from_start: bool = False

@@ -25,6 +25,8 @@ from hexsweep.sweep.apps import JobApp, Verdict, quote_value
 class TrainApp(JobApp):
     # torch's optimizer stack and the training code, imported once by the job server
     preload = ("hexsweep.sweep.warm",)
+    # the report: pandas, and matplotlib for its plots (report/files.py imports pyplot where it draws)
+    driver_later = ("hexsweep.report.end", "hexsweep.report.files", "matplotlib.pyplot")
     beats_from_start = True
     takes_own_slot = True  # in train_job, with memory admission (resources/job.py)
 
