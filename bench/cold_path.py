@@ -149,15 +149,14 @@ def main() -> None:
                 cmds: dict[str, Cmd] = {"bare": [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=joblib",
                                                  "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/bare-{n}"]}
                 for v in versions:  # each side its own folders: a sweep folder is not run twice
-                    tag = v.strip()
-                    cmds.update(sides(
-                        "hexsweep", hexsweep_cmd("-m", f"seed={seeds}", "trainer.epochs=0", *TINY, out,
-                                                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/noop{tag}-{n}"),
-                        before if v else None))
-                    cmds.update(sides(
-                        "launcher", [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=hexsweep",
-                                     "hydra.launcher.n_jobs=2", "hydra.launcher.progress=off",
-                                     f"hydra.sweep.dir={tmp}/launcher{tag}-{n}"], before if v else None))
+                    tag, env = v.strip(), before if v else None
+                    hexsweep = hexsweep_cmd("-m", f"seed={seeds}", "trainer.epochs=0", *TINY, out,
+                                            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp}/noop{tag}-{n}")
+                    launcher = [PY, noop_app, "-m", f"+seed={seeds}", "hydra/launcher=hexsweep",
+                                "hydra.launcher.n_jobs=2", "hydra.launcher.progress=off",
+                                f"hydra.sweep.dir={tmp}/launcher{tag}-{n}"]
+                    cmds["hexsweep" + v] = (hexsweep, env) if env else hexsweep
+                    cmds["launcher" + v] = (launcher, env) if env else launcher
                 # a second round must not find the first's sweep folders (resume, owner): fresh ones per round
                 t = best_fresh(cmds, args.repeats, tmp)
                 for k, v in t.items():
