@@ -48,13 +48,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hexsweep.atomic import atomic_write_json
 from hexsweep.devices import is_oom
 from hexsweep.errors import HexsweepError
-from hexsweep.heartbeat import beat
+from hexsweep.heartbeat import beat, busy
 
 if TYPE_CHECKING:  # the sweep's driver imports this module too, and needs no torch
     import torch
 
 log = logging.getLogger("hexsweep.tracking")
 
+# A tracker's start and its close beat the stall watchdog from a helper thread for at most this
+# long (heartbeat.busy): its imports take seconds, tens on a loaded machine, and each request to
+# an http(s) store is bounded by request_timeout_s x (max_retries + 1), 30 s at the defaults.
+TRACKER_BUSY_LIMIT_S = 600.0
 PARENT_FILE = "mlflow.json"  # in the sweep folder: the store, experiment and parent run of its jobs
 CSV_FILE = "metrics.csv"
 # job status (hexsweep/jobfolder.py) -> how its MLflow run ends; every other status is FAILED
@@ -550,7 +554,8 @@ class Trackers:
         if self.closed:
             return
         self.closed = True
-        self._each("close", End(record, error))
+        with busy(TRACKER_BUSY_LIMIT_S):  # the last requests (artifacts, a remote store) are no stall
+            self._each("close", End(record, error))
 
 
 def _sweep_dir(job_dir: Path, record: Mapping[str, Any]) -> Path | None:
@@ -583,14 +588,15 @@ def open_trackers(cfg: Any, job_dir: Path, record: dict[str, Any] | None = None,
     sweep_dir = _sweep_dir(job_dir, record)
     hparams["sweep"] = f"{sweep_dir.parent.name}/{sweep_dir.name}" if sweep_dir else "run"
     for name in names:
-        beat()  # an import or a slow store is no stall
+        beat()
         try:
-            if name == "tensorboard":
-                backends.append(TensorBoardTracker(cfg.logger.tensorboard, job_dir, hparams))
-            elif name == "mlflow":
-                backends.append(MLflowTracker(cfg.logger.mlflow, cfg, job_dir, record, hparams, sweep_dir, slot))
-            else:
-                backends.append(CsvTracker(job_dir))
+            with busy(TRACKER_BUSY_LIMIT_S):  # an import or a slow store is no stall
+                if name == "tensorboard":
+                    backends.append(TensorBoardTracker(cfg.logger.tensorboard, job_dir, hparams))
+                elif name == "mlflow":
+                    backends.append(MLflowTracker(cfg.logger.mlflow, cfg, job_dir, record, hparams, sweep_dir, slot))
+                else:
+                    backends.append(CsvTracker(job_dir))
         except Exception as e:
             log.warning("logger %s is off for this job (%s)", name, _first_line(e))
     return Trackers(backends, int(cfg.logger.tensorboard.log_every_n_steps))

@@ -163,6 +163,32 @@ def test_an_unreachable_mlflow_server_warns_once_and_the_job_goes_on(tiny_cfg, t
 
 
 @needs_mlflow
+def test_a_slow_store_beats_the_heartbeat_while_the_tracker_starts(tiny_cfg, tmp_path, caplog):
+    """A tracker's start (its imports, a store that answers slowly) beats no step, but it is no
+    stall: under load it outlasted a short stall_timeout_s, and the watchdog killed a healthy
+    job before its MLflow run existed. Here a server that accepts and never answers holds the
+    start for request_timeout_s, and the heartbeat keeps moving."""
+    import multiprocessing
+
+    from hexsweep import heartbeat
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        cfg = tiny_cfg("logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{silent.getsockname()[1]}",
+                       "logger.mlflow.max_retries=0", "logger.mlflow.request_timeout_s=1")
+        counter = multiprocessing.RawValue("Q", 0)
+        heartbeat.attach(counter)
+        try:
+            with caplog.at_level(logging.WARNING, logger="hexsweep.tracking"):
+                trackers = open_trackers(cfg, tmp_path / "job")
+        finally:
+            heartbeat.attach(None)
+    assert trackers.names == [] and "logger mlflow is off" in caplog.text  # the store never answered
+    assert counter.value >= 3  # one beat before the start, and the helper's while it waited
+
+
+@needs_mlflow
 @pytest.mark.slow
 def test_a_parallel_sweep_logs_every_job_to_one_sqlite_store(tmp_path, data_root, tiny_dataset):
     """Two jobs at once write to one SQLite store; one hangs after epoch 1 and is killed by the stall
