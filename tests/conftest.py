@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from omegaconf import open_dict
 from sweep_helpers import kill_tree, popen
 
@@ -25,6 +28,23 @@ def data_root(tmp_path_factory) -> Path:
         root.mkdir(exist_ok=True)
         return root
     return tmp_path_factory.mktemp("data")
+
+
+def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills once per test run, whichever xdist worker asks first: the
+    others wait on its lock and reuse it (a module-scoped fixture would build it once per worker
+    that runs one of its tests). Tests only read it; a test that writes copies it first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's folder, shared by its workers (as data_root)
+    folder = base / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +83,70 @@ def spawn():
     finally:
         for proc in started:
             kill_tree(proc, *proc.also)
+
+
+# Longest first. pytest-xdist (-n 2 --dist loadgroup, pyproject.toml) hands each worker the
+# next tests in collection order whenever it runs low, so a long test collected late runs on
+# while the other worker has nothing left: the suite ends with one core idle. Sorting the
+# longest first (LPT scheduling) makes the two workers finish together. The figures are
+# seconds per test from `pytest --durations` on 2 busy cores; a test not listed counts as
+# short. The order changes only when a test runs, never what it checks (every test sets up
+# its own state), and an xdist group stays together, ordered by its sum (its tests share one
+# server, set up once).
+COST_S: dict[str, float] = {
+    # the xdist groups (one worker each; they start first, pytest-xdist sends its largest units first)
+    "test_postgres.py::test_one_drivers_trials_are_pruned_against_the_others": 120,
+    "test_postgres.py::test_two_drivers_share_one_study": 120,
+    "test_postgres.py::test_the_storage_password_lands_in_no_file": 80,
+    "test_postgres.py::test_a_killed_driver_leaves_its_trials_to_the_heartbeat": 120,
+    "test_ray.py::test_a_killed_ray_worker_is_recorded_crashed": 66,
+    "test_ray.py::test_the_stock_ray_launcher_joins_a_running_cluster": 65,
+    "test_ray.py::test_ray_sweep_records_a_failing_job_and_packs_the_node": 58,
+    "test_ray.py::test_optuna_trials_on_ray_report_epochs_and_get_pruned": 38,
+    # the rest, longest first
+    "test_hostile_sweeps.py::test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits": 170,
+    "test_tournament.py::test_tournament_of_tiny_checkpoints": 120,
+    "test_hostile_sweeps.py::test_names_and_an_unwritable_outputs_root_are_one_line_before_hydra": 115,
+    "test_search.py::test_failures_are_trials_not_crashes_and_pruning_prunes": 110,
+    "test_search.py::test_resume_continues_numbering_and_counts_the_total": 100,
+    "test_search.py::test_an_interrupted_search_resumed_in_its_folder_continues_its_trials": 100,
+    "test_sweep.py::test_interrupt_then_resume_runs_only_unfinished_jobs": 100,
+    "test_runner.py::test_a_job_that_blocks_for_ever_is_stalled_and_resume_reruns_it": 100,
+    "test_sweep.py::test_raising_and_killed_jobs_do_not_stop_the_sweep": 90,
+    "test_hostile_sweeps.py::test_chdir_true_keeps_one_slot_pool_and_one_dataset": 88,
+    "test_hostile_sweeps.py::test_bad_launcher_values_are_one_line_before_any_job": 87,
+    "test_search.py::test_tpe_search_runs_two_at_a_time_links_trials_and_reports": 85,
+    "test_runner.py::test_a_stopped_job_is_killed_as_stalled_and_frees_its_slot": 80,
+    "test_resume.py::test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run": 72,
+    "test_tracking.py::test_a_parallel_sweep_logs_every_job_to_one_sqlite_store": 70,
+    "test_runner.py::test_the_sqlite_search_that_deadlocked_finishes": 70,
+    "test_resume.py::test_an_interrupted_sweep_job_resumes_mid_training": 65,
+    "test_race.py::test_a_plain_app_races_asynchronously_and_resumes_mid_race": 64,
+    "test_probe.py::test_probe_finds_the_limit_packs_jobs_and_recommends": 64,
+    "test_probe.py::test_probe_cli_error_exits_2": 62,
+    "test_sweep.py::test_same_second_sweeps_get_their_own_folders": 60,
+    "test_hostile_sweeps.py::test_a_full_disk_leaves_no_job_running_and_ends_in_one_line": 57,
+    "test_resume.py::test_a_changed_config_starts_afresh_and_says_which_keys": 55,
+    "test_resume.py::test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopped": 54,
+    "test_race.py::test_under_another_launcher_the_race_runs_in_batches": 46,
+    "test_aggregate.py::test_oom_is_recorded_and_retried_at_half_batch": 45,
+    "test_optuna_any_app.py::test_gp_sampler_preset": 40,
+    "test_calibration.py::test_strength_objective_and_detail_metrics_in_a_real_run": 40,
+    "test_optuna_any_app.py::test_a_plain_app_is_optimised_from_its_return_value": 40,
+    "test_aggregate.py::test_nan_objective_is_a_failed_job": 37,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def unit(item: pytest.Item) -> str:
+        group = item.get_closest_marker("xdist_group")
+        return f"group:{group.args[0]}" if group else item.nodeid
+
+    def cost(item: pytest.Item) -> float:
+        return COST_S.get(f"{item.path.name}::{item.originalname}", 30.0 if item.get_closest_marker("slow") else 1.0)
+
+    unit_cost: dict[str, float] = {}
+    for item in items:
+        unit_cost[unit(item)] = unit_cost.get(unit(item), 0.0) + cost(item)
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-unit_cost[unit(item)], unit(item), order[id(item)]))

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from conftest import shared_folder
 from sweep_helpers import read_result, run_sweep, running_with_slot, sweep_cmd, sweep_dirs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,13 +40,15 @@ def same_training(a: list[dict], b: list[dict]) -> list[str]:
 SLOW = "fault.sleep_s_per_epoch=1"  # a window to interrupt a run in
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def whole(tmp_path_factory, data_root, tiny_dataset):
-    """The uninterrupted run the interrupted ones must end exactly like."""
-    outputs = tmp_path_factory.mktemp("whole")
-    run = outputs / "run"
-    assert subprocess.run(train_cmd(outputs, data_root, run, SLOW), capture_output=True, timeout=300).returncode == 0
-    return run
+    """The uninterrupted run the interrupted ones must end exactly like (read only)."""
+
+    def build(outputs):
+        out = subprocess.run(train_cmd(outputs, data_root, outputs / "run", SLOW), capture_output=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+
+    return shared_folder(tmp_path_factory, "whole", build) / "run"
 
 
 def test_sigterm_saves_the_state_and_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, data_root, whole, spawn):

@@ -26,7 +26,9 @@ def data(data_root, tiny_dataset):
 
 def search(tmp_path, data, *overrides, study="s", timeout=400):
     cmd = sweep_cmd(tmp_path, data, "hydra/sweeper=hexsweep_optuna", f"hydra.sweeper.study_name={study}",
-                    "hydra.sweeper.n_jobs=2", "trainer.epochs=3", *overrides)
+                    "hydra.sweeper.n_jobs=2", "trainer.epochs=3",
+                    "trainer.max_steps_per_epoch=3",  # epochs to report and prune; a whole one checks no more
+                    *overrides)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -239,6 +241,30 @@ def test_trials_orphaned_by_a_dead_driver_are_failed_on_the_next_run(tmp_path, d
     trials = load(tmp_path).trials
     assert trials[0].state == TrialState.FAIL and "orphaned" in trials[0].user_attrs["fail_reason"]
     assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED) and len(trials) == 2
+
+
+def test_a_trial_whose_driver_died_as_it_asked_fails_after_the_grace_period(tmp_path):
+    """A driver killed between study.ask and naming itself on the trial leaves a RUNNING trial
+    that never beat: Optuna's stale-trial check skips it, so it stayed RUNNING for ever."""
+    import time
+    import warnings
+
+    from hexsweep.search.lifecycle import fail_stale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()  # its driver died here: no driver named, no heartbeat
+    beating = study.ask()  # another program's live trial: it beats and names no driver
+    storage.record_heartbeat(beating._trial_id)
+    fail_stale(study, storage)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2  # within the grace period
+    time.sleep(1.5)
+    storage.record_heartbeat(beating._trial_id)
+    fail_stale(study, storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert study.trials[0].user_attrs["fail_reason"] == "orphaned: its driver died as it asked for it"
 
 
 def test_configurations_that_ran_out_of_memory_are_not_proposed_again(tmp_path):

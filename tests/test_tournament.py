@@ -2,12 +2,15 @@
 where the trained networks must beat the random player."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_folder
 
 from hexsweep.arena import Match, TournamentError, balanced_openings, play, trmph_line
 from hexsweep.data.import_trmph import parse_line, replay
@@ -60,18 +63,25 @@ def test_warning_when_games_cannot_separate_the_two_best_jobs():
     assert "10 games per pairing are too few to separate the two best jobs" in warning
 
 
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory, data_root, tiny_dataset):
-    """A sweep folder with two finished tiny jobs: one trained 3 epochs, one 1 epoch."""
+@pytest.fixture(scope="session")
+def trained_sweep(tmp_path_factory, data_root, tiny_dataset):
+    """A sweep folder with two finished tiny jobs: one trained 3 epochs, one 1 epoch (read only)."""
     from hexsweep.cli import compose
 
-    sweep = tmp_path_factory.mktemp("sweep")
-    for num, extra in enumerate([["seed=0", "trainer.epochs=3", "optim.lr=3e-3"], ["seed=1", "trainer.epochs=1"]]):
-        cfg = compose(["debug=tiny", "trainer.progress=off", f"paths.outputs={sweep.parent}",
-                       f"paths.data={data_root}", f"resources.lock_dir={sweep.parent / 'locks'}", *extra])
-        train_job(cfg, sweep / str(num), info={"experiment": "default", "overrides": extra,
-                                               "job": {"name": "train", "num": num}})
-    return sweep
+    def build(outputs):
+        for num, extra in enumerate([["seed=0", "trainer.epochs=3", "optim.lr=3e-3"], ["seed=1", "trainer.epochs=1"]]):
+            cfg = compose(["debug=tiny", "trainer.progress=off", f"paths.outputs={outputs}",
+                           f"paths.data={data_root}", f"resources.lock_dir={outputs / 'locks'}", *extra])
+            train_job(cfg, outputs / "sweep" / str(num), info={"experiment": "default", "overrides": extra,
+                                                                 "job": {"name": "train", "num": num}})
+
+    return shared_folder(tmp_path_factory, "tiny_sweep", build) / "sweep"
+
+
+@pytest.fixture
+def tiny_sweep(trained_sweep, tmp_path):
+    """This test's copy of the trained sweep: the tournament and the report write into it."""
+    return Path(shutil.copytree(trained_sweep, tmp_path / "sweep"))
 
 
 @pytest.mark.slow
@@ -133,16 +143,14 @@ def test_the_report_compares_the_calibration_of_the_best_jobs(tiny_sweep):
 
 
 @pytest.mark.slow
-def test_a_tournament_of_single_runs_skips_damaged_checkpoints_by_name(tiny_sweep, tmp_path):
+def test_a_tournament_of_single_runs_skips_damaged_checkpoints_by_name(trained_sweep, tmp_path):
     """A folder of single runs (no job numbers), two of whose best.pt are damaged: a pickle that
     torch's weights-only loader refuses (its message advises weights_only=False: never shown) and a
     truncated file (torch's OSError names no file). The valid one plays; the others are named."""
-    import shutil
-
     runs = tmp_path / "runs" / "2026-01-01"
     names = {"10-00-00": "0", "10-00-01": "0", "10-00-02": "1"}
     for name, job in names.items():
-        shutil.copytree(tiny_sweep / job, runs / name, ignore=shutil.ignore_patterns("tournament"))
+        shutil.copytree(trained_sweep / job, runs / name, ignore=shutil.ignore_patterns("tournament"))
     foreign = runs / "10-00-00" / "best.pt"
     foreign.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
     truncated = runs / "10-00-01" / "best.pt"

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def fail_orphans(study: optuna.Study, storage: Any, sweep_dir: Path, adopted: li
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         for t in adopted:  # alive again: the stale-trial sweep below must not fail them
             storage.record_heartbeat(t._trial_id)
-        optuna.storages.fail_stale_trials(study)
+        fail_stale(study, storage)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number in keep:
@@ -79,6 +80,45 @@ def fail_orphans(study: optuna.Study, storage: Any, sweep_dir: Path, adopted: li
         log.warning("trial %d was left running by a dead driver: marked FAIL", t.number)
         if retry_failed > 0:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+def fail_stale(study: optuna.Study, storage: Any) -> None:
+    """On an RDB with heartbeats: Optuna's stale-trial check, and the trials it cannot see.
+
+    Optuna fails a RUNNING trial whose last heartbeat is older than the grace period, and skips
+    one that never beat. A driver that dies between ``study.ask`` and its first act on the trial
+    (naming itself in the ``driver`` attribute, trials.py) leaves such a trial: no heartbeat,
+    no driver to check, RUNNING for ever. A live driver names itself within milliseconds of
+    asking, so a trial asked more than the grace period ago that names no driver and never beat
+    is failed too. Its clock is the asking driver's (Optuna's datetime_start)."""
+    optuna.storages.fail_stale_trials(study)
+    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    now = datetime.now()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "driver" in t.user_attrs or t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        if not _never_beat(storage, trial_id):
+            continue  # beating (another program's trial, say): Optuna's check above is the judge
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned: its driver died as it asked for it")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        log.warning("trial %d was asked by a driver that died before it started: marked FAIL", t.number)
+
+
+def _never_beat(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
+    # Optuna offers no public read of a trial's heartbeat; its RDB model is where it is kept
+    # (the table its own stale-trial check reads)
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()
+    try:
+        return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is None
+    finally:
+        session.close()
 
 
 class Heartbeat:
@@ -108,6 +148,6 @@ class Heartbeat:
                     self.storage.record_heartbeat(trial_id)
                 # trials of another driver that died stop beating: fail them (and re-queue
                 # them if retry_failed is set) so that the study does not wait on them
-                optuna.storages.fail_stale_trials(self.study)
+                fail_stale(self.study, self.storage)
             except Exception as e:  # a storage hiccup must not end the sweep
                 log.warning("heartbeat failed: %s", e)
