@@ -160,6 +160,14 @@ def test_cached_composition_is_hydras(tmp_path, monkeypatch):
                 cfg = loader.load_sweep_config(master, overrides)
                 cfg.hydra.job.name, cfg.experiment_name = "changed", "changed"
         assert composer.enabled and composer.hits >= 8
+        # a job's payload carries the loader: it travels without the cache, and still composes
+        import cloudpickle
+
+        copied = cloudpickle.loads(cloudpickle.dumps(loader))
+        assert copied.load_sweep_config.__self__._bases == {}
+        assert _outcome(copied.load_sweep_config, master, ["seed=3"]) == _outcome(hydra_load, master, ["seed=3"])
+        copied.load_sweep_config.__self__.enabled = False  # Hydra's code, not this composer again
+        assert _outcome(copied.load_sweep_config, master, ["seed=3"]) == _outcome(hydra_load, master, ["seed=3"])
 
 
 def test_driver_prefetches_the_report_modules_in_the_background(monkeypatch):

@@ -55,7 +55,6 @@ class SweepComposer:
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
-        self.hydra_load = loader.load_sweep_config  # Hydra's own (the bound method of its class)
         self._reset()
 
     def _reset(self) -> None:
@@ -67,11 +66,15 @@ class SweepComposer:
     # A job's payload carries Hydra's context, and with it this composer: the cached
     # compositions stay in the driver.
     def __getstate__(self) -> dict[str, Any]:
-        return {"loader": self.loader, "hydra_load": self.hydra_load}
+        return {"loader": self.loader}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset()
+
+    def hydra_load(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """Hydra's own load_sweep_config (its class's: the instance's is this composer's)."""
+        return type(self.loader).load_sweep_config(self.loader, master_config, sweep_overrides)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         if not self.enabled:
