@@ -182,3 +182,14 @@ def test_driver_prefetches_the_report_modules_in_the_background(monkeypatch):
     thread = prefetch(("colorsys", "hexsweep_no_such_module", "json"))
     thread.join(60)
     assert not thread.is_alive() and "colorsys" in sys.modules  # a module that fails stops it quietly
+
+
+def test_sweep_driver_modules_load_no_torch():
+    # what a sweep's driver imports (the app, the launcher, its driver, Hydra's end-of-sweep callback
+    # with MLflow's tracking): torch is the jobs', loaded once by the job server (sweep/warm.py)
+    code = ("import sys, hexsweep.train, hydra_plugins.hexsweep_launcher.launcher, hexsweep.sweep.launcher, "
+            "hexsweep.sweep.driver, hexsweep.sweep.callbacks, hexsweep.sweep.compose; "
+            f"print(sorted(m for m in {('torch', *HEAVY)!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
