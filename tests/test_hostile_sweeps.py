@@ -71,7 +71,8 @@ def full_disk(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_leaves_no_job_running_and_ends_in_one_line(full_disk, data_root, tiny_dataset):
-    out = subprocess.run(sweep_cmd(full_disk, data_root, "seed=0,1,2"), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(sweep_cmd(full_disk, data_root, "seed=0,1,2", "trainer.max_steps_per_epoch=null"),  # whole
+                         capture_output=True, text=True, timeout=300)  # epochs write what fills the disk
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("hexsweep: error: cannot write the sweep's report in ") and "No space left" in last
@@ -125,7 +126,8 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
 
     from sweep_helpers import running_with_slot, sweep_dirs, wait_for
 
-    args = ["trainer.epochs=3", "fault.sleep_s_per_epoch=1", "seed=0"]
+    # whole epochs: the first driver must outlive the second one's start-up
+    args = ["trainer.epochs=3", "fault.sleep_s_per_epoch=1", "seed=0", "trainer.max_steps_per_epoch=null"]
     first = spawn(sweep_cmd(tmp_path, data_root, *args))
     wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
     sweep = sweep_dirs(tmp_path)[0]

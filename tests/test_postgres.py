@@ -38,10 +38,7 @@ def driver(outputs, data, url, study, n_trials, *extra):
     return sweep_cmd(outputs, data, "hydra/sweeper=hexsweep_optuna", f"hydra.sweeper.storage={url}",
                      f"hydra.sweeper.study_name={study}", f"hydra.sweeper.n_trials={n_trials}",
                      "hydra.sweeper.n_jobs=1",
-                     # 3 steps an epoch: the trials share a study and report epochs; a whole
-                     # epoch of the tiny split (14 steps) adds training time and no check
-                     "resume=true", "trainer.epochs=3", "trainer.max_steps_per_epoch=3",
-                     "optim.lr=tag(log,interval(1e-4,1e-2))",
+                     "resume=true", "trainer.epochs=3", "optim.lr=tag(log,interval(1e-4,1e-2))",
                      "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=2",
                      "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4", *extra)
 

@@ -86,7 +86,8 @@ def test_an_interrupted_sweep_job_resumes_mid_training(tmp_path, data_root, tiny
     """Ctrl-C of a sweep, then its resume command: the interrupted job continues from its
     last.pt (every 2 steps here) instead of epoch 0; the completed one is skipped."""
     args = ["trainer.epochs=3,8", "fault.sleep_s_per_epoch=0.5", "trainer.checkpoint_every_steps=2",
-            "hydra.launcher.n_jobs=2", "num_threads=1"]
+            "hydra.launcher.n_jobs=2", "num_threads=1",
+            "trainer.max_steps_per_epoch=null"]  # whole epochs: the window to interrupt job 1 in
     proc = spawn(sweep_cmd(tmp_path, data_root, *args))
     wait_for(lambda: running_with_slot(tmp_path, "1"), timeout=120)
     sweep = sweep_dirs(tmp_path)[0]

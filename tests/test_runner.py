@@ -193,8 +193,10 @@ def test_the_sqlite_search_that_deadlocked_finishes(tmp_path, data, attempt):
     """The command that once left a job stuck in sqlite3Malloc (forked while a driver thread
     held SQLite's mutex) now always ends."""
     db = f"sqlite:///{tmp_path / 's.db'}"
+    # 2 steps an epoch: the deadlock was in forking a job, not in training it, and the search's
+    # larger models (up to 64 channels, 6 blocks) made whole epochs the test's main cost
     out = run_sweep(tmp_path, data, "search=hex_tpe", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-                    f"hydra.sweeper.storage={db}", "trainer.epochs=1", timeout=300)
+                    f"hydra.sweeper.storage={db}", "trainer.epochs=1", "trainer.max_steps_per_epoch=2", timeout=300)
     assert out.returncode == 0, out.stderr
     statuses = [r["status"] for d in sweep_dirs(tmp_path)[0].iterdir() if d.is_dir() and (r := read_result(d))]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "pruned"}, statuses
