@@ -118,6 +118,10 @@ def test_a_preempted_submitit_job_saves_at_a_step_and_is_requeued_where_it_stopp
     proc = spawn([*cmd[:3], "-m", *cmd[3:], "hydra/launcher=local", f"hydra.sweep.dir={sweep}"])
     job = sweep / "0"
     wait_for(lambda: (job / "metrics.jsonl").exists(), timeout=180)
+    # and the epoch's end has saved last.pt: a signal before that save stops the job at the
+    # epoch's end (step 0), which a loaded machine made likely (the epoch-1 write window)
+    wait_for(lambda: (job / "last.pt").exists()
+             and (job / "last.pt").stat().st_mtime_ns >= (job / "metrics.jsonl").stat().st_mtime_ns, timeout=60)
     first = read_result(job)
     os.kill(first["pid"], signal.SIGUSR2)  # what submitit's local controller sends before a timeout
     _, err = proc.communicate(timeout=300)
