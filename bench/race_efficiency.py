@@ -51,7 +51,7 @@ def common_args(args: argparse.Namespace, outputs: Path) -> list[str]:
 
 
 def grid_done(grid: Path, max_seeds: int) -> bool:
-    done = [r for job in grid.glob("*/") if (r := read_result(job)) and r.get("status") == COMPLETED]
+    done = [r for job in grid.glob("*/") if (r := read_result(job)) and r.status == COMPLETED]
     return len(done) >= 6 * max_seeds
 
 
@@ -81,13 +81,12 @@ def read_grid(grid: Path, max_seeds: int) -> tuple[list[list[str]], np.ndarray, 
         record = read_result(job) if job.is_dir() else None
         if not record:
             continue
-        overrides = [o for o in record.get("overrides") or [] if o.startswith("experiment=")]
-        seed = int(record["seed"]) if "seed" in record else int(next(
-            o.split("=")[1] for o in record["overrides"] if o.startswith("seed=")))
-        obj = record.get("objective") or {}
-        direction = obj.get("direction") or direction
-        value = obj.get("value") if record.get("status") == COMPLETED else None
-        rows[(tuple(overrides), seed)] = (value, float(record.get("wall_time_s") or 1.0))
+        overrides = [o for o in record.overrides or [] if o.startswith("experiment=")]
+        seed = int((record.config or {}).get("seed", next(
+            (o.split("=")[1] for o in record.overrides or [] if o.startswith("seed=")), 0)))
+        direction = record.objective.direction if record.objective else direction
+        value = record.value if record.status == COMPLETED else None
+        rows[(tuple(overrides), seed)] = (value, float(record.wall_time_s or 1.0))
     configs = sorted({k[0] for k in rows})
     values = np.full((len(configs), max_seeds), np.nan)
     durations = np.ones((len(configs), max_seeds))

@@ -90,8 +90,8 @@ def job_diff(a: Path, b: Path) -> list[str]:
     lines = [f"--- {a}", f"+++ {b}"]
     from hexsweep.config import flat_config  # the schema's module imports Hydra: --diff only
 
-    ra, rb = read_result(a) or {}, read_result(b) or {}
-    ca, cb = flat_config(ra.get("config") or {}), flat_config(rb.get("config") or {})
+    ra, rb = read_result(a), read_result(b)
+    ca, cb = flat_config((ra and ra.config) or {}), flat_config((rb and rb.config) or {})
     skip = ("optuna.trial_number",)
     keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in skip]
     lines.append(f"config: {len(keys)} key(s) differ" if keys else "config: the same")

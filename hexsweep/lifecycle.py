@@ -38,11 +38,17 @@ from hexsweep.evaluate import strength_report
 from hexsweep.hex.board import EMPTY
 from hexsweep.jobfolder import (
     COMPLETED,
+    CORRUPT,
     FAILED,
     INTERRUPTED,
     METRICS_FILE,
     OOM,
+    PRUNED,
+    RUNNING,
+    JobError,
     JobFolder,
+    JobResult,
+    Objective,
     read_result,
     sibling_results,
 )
@@ -50,7 +56,7 @@ from hexsweep.model import HexNet, NetConfig, count_parameters
 from hexsweep.resources.admission import job_signature
 from hexsweep.resources.job import job_resources, parallel_jobs
 from hexsweep.tracking import tracked
-from hexsweep.trainer import EpochHook, Stopped, evaluate, load_training_state, train
+from hexsweep.trainer import EpochHook, Resume, Stopped, TrainOutcome, evaluate, load_training_state, train
 
 log = logging.getLogger("hexsweep.train")
 
@@ -71,7 +77,7 @@ def uniform_policy_accuracy(data: HexDataset) -> float:
 
 
 def job_info(cfg: DictConfig) -> dict[str, Any]:
-    """Identity of this job from Hydra: number, overrides (the key of a sweep row)."""
+    """Identity of this job from Hydra (``JobResult`` fields): number, overrides (the key of a sweep row)."""
     info: dict[str, Any] = {"experiment": cfg.experiment_name, "batch_size": cfg.batch_size}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
@@ -87,29 +93,22 @@ def _launcher_cfg() -> Any:
 
 
 def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None,
-              info: dict[str, Any] | None = None, link_trial: TrialLink | None = None) -> dict[str, Any]:
-    """Train per ``cfg`` and fill ``job_dir``; returns result.json's content. Raises on failure.
+              info: dict[str, Any] | None = None, link_trial: TrialLink | None = None) -> JobResult:
+    """Train per ``cfg`` and fill ``job_dir``; returns its result.json. Raises on failure.
     ``link_trial(cfg, resumed)``: the epoch hook of the Optuna trial this job reports to, and what
     result.json records of it (the entry point passes search/pruning.py's ``trial_hook``)."""
     start = time.perf_counter()
     info = info or {}
     folder = JobFolder(job_dir)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    state = None
-    if cfg.resume or requeued():  # continue from last.pt when it holds this config's training state
-        state, why = load_training_state(job_dir, plain)
-        if state is None:
-            log.info("resume: starting job %s afresh: %s", job_dir.name, why)
-    record = folder.start(info, keep_metrics=state is not None)
+    state = _saved_state(cfg, job_dir, plain)
+    record = folder.start(JobResult(RUNNING, **info), keep_metrics=state is not None)
     if state is not None:
         t = state.training
         # metrics.jsonl continues: exactly the epochs the saved state had finished, no duplicates
         write_jsonl(job_dir / METRICS_FILE, t.history)
-        record["resumed_from_epoch"], record["resumed_from_step"] = t.epoch - 1, t.step
-        log.info("resume: job %s continues after epoch %d%s", job_dir.name, t.epoch - 1,
-                 f", step {t.step} of epoch {t.epoch}" if t.step else "")
-    record["config"] = plain
-    record["signature"] = job_signature(cfg)
+        record.update(resumed_from_epoch=t.epoch - 1, resumed_from_step=t.step)
+    record.update(config=plain, signature=job_signature(cfg))
     if cfg.optuna.storage:
         _redact_storage(record)
     validate(cfg)
@@ -121,64 +120,75 @@ def train_job(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = N
         threads = res.threads  # torch's, set by resources/assign.py (num_threads, else this job's share)
         torch.manual_seed(cfg.seed)
         device = resolve_device(res.device)
-        record.update({"device": str(device), "num_threads": threads,
-                       "slot": res.slot.name if res.slot else None, "slot_acquired_at": res.acquired_at,
-                       "waited_s": res.waited_s})
-        record["env"] = provenance.record(job_dir, info.get("overrides", []),
-                                          {"seed": cfg.seed, "data.seed": cfg.data.seed}, str(device),
-                                          device_name(device))
+        record.update(device=str(device), num_threads=threads, slot=res.slot.name if res.slot else None,
+                      slot_acquired_at=res.acquired_at, waited_s=res.waited_s,
+                      env=provenance.record(job_dir, info.get("overrides", []),
+                                            {"seed": cfg.seed, "data.seed": cfg.data.seed}, str(device),
+                                            device_name(device)))
         folder.update(record)
         data_dir, meta = ensure_dataset(cfg.data, cfg.paths.data, workers=cfg.data.workers or threads)
         train_data = HexDataset(data_dir, "train", cfg.data.board_size)
         val_data = HexDataset(data_dir, "val", cfg.data.board_size)
         model = HexNet(NetConfig.from_config(cfg.model, meta["board_size"]))
-        record.update({
-            "data": {"folder": str(data_dir), "board_size": meta["board_size"],
-                     "train_positions": len(train_data), "val_positions": len(val_data),
-                     "uniform_policy_acc": uniform_policy_accuracy(val_data)},
-            "model": {"name": cfg.model.name, "parameters": count_parameters(model)},
-        })
+        record.update(data={"folder": str(data_dir), "board_size": meta["board_size"],
+                            "train_positions": len(train_data), "val_positions": len(val_data),
+                            "uniform_policy_acc": uniform_policy_accuracy(val_data)},
+                      model={"name": cfg.model.name, "parameters": count_parameters(model)})
         faults.before_training(cfg, model)
         pruning_hook, trial_info = link_trial(cfg, state is not None) if link_trial else (None, None)
         if trial_info:
-            record["optuna"] = trial_info
+            record.optuna = trial_info
         hook = faults.fault_hook(cfg, on_epoch_end or pruning_hook)
         outcome = train(cfg, train_data, val_data, model, device, job_dir, plain, hook, tracker, resume=state)
-        if outcome.history:
-            final = outcome.history[-1]
-            best = outcome.best_metrics or final
-        else:  # zero epochs: the untrained model is both
-            best = final = evaluate(model.to(device), val_data, cfg.trainer.eval_batch_size, device,
-                                    (cfg.loss.policy_weight, cfg.loss.value_weight),
-                                    (cfg.objective.policy_weight, cfg.objective.value_weight),
-                                    lambda: torch.autocast(device.type, enabled=False))
-        metric = cfg.objective.metric
-        value = best.get(metric, float("nan"))
-        record.update({
-            "objective": {"metric": metric, "direction": cfg.objective.direction, "value": value},
-            "best_epoch": outcome.best_epoch, "best": best, "final": final,
-            "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,
-            "restored_best": outcome.restored_best,
-            "pruned_at_epoch": len(outcome.history) if outcome.stopped_by_hook else None,
-        })
-        if not math.isfinite(value) and outcome.history:
-            raise NonFiniteObjective(f"objective {metric} is {value} in every epoch (training diverged)")
+        _record_training(record, cfg, outcome, model, val_data, device)
         strength = strength_report(model, meta["board_size"], cfg.strength.games,
                                    cfg.data.temperature, device, cfg.seed)
         res.sampler.sample()
         # CUDA: torch's peak allocation; MPS: the most the job held, as its sampler saw it
         peak_gpu = outcome.peak_gpu_mem_mb if outcome.peak_gpu_mem_mb is not None else res.sampler.peak_gpu_mem_mb
-        record.update({
-            "status": "pruned" if outcome.stopped_by_hook else COMPLETED,
-            "strength": strength,
-            "wall_time_s": time.perf_counter() - start,
-            "peak_rss_mb": max(outcome.peak_rss_mb, res.sampler.peak_rss_mb),
-            "peak_gpu_mem_mb": peak_gpu,
-            "peak_gpu_used_mb": res.sampler.peak_gpu_used_mb,
-            "error": None,
-        })
+        record.update(status=PRUNED if outcome.stopped_by_hook else COMPLETED, strength=strength,
+                      wall_time_s=time.perf_counter() - start,
+                      peak_rss_mb=max(outcome.peak_rss_mb, res.sampler.peak_rss_mb), peak_gpu_mem_mb=peak_gpu,
+                      peak_gpu_used_mb=res.sampler.peak_gpu_used_mb, error=None)
     folder.finish(record)
     return record
+
+
+def _saved_state(cfg: DictConfig, job_dir: Path, plain: dict) -> Resume | None:
+    """The training state in last.pt to continue from, when asked (resume, a requeued job) and when it
+    holds this config's training state; else None, saying why."""
+    if not (cfg.resume or requeued()):
+        return None
+    state, why = load_training_state(job_dir, plain)
+    if state is None:
+        log.info("resume: starting job %s afresh: %s", job_dir.name, why)
+    else:
+        t = state.training
+        log.info("resume: job %s continues after epoch %d%s", job_dir.name, t.epoch - 1,
+                 f", step {t.step} of epoch {t.epoch}" if t.step else "")
+    return state
+
+
+def _record_training(record: JobResult, cfg: DictConfig, outcome: TrainOutcome, model: HexNet,
+                     val_data: HexDataset, device: torch.device) -> None:
+    """What the training gave: the objective at the best epoch, the best and last epochs' metrics.
+    Raises NonFiniteObjective when no epoch had a finite objective."""
+    if outcome.history:
+        final = outcome.history[-1]
+        best = outcome.best_metrics or final
+    else:  # zero epochs: the untrained model is both
+        best = final = evaluate(model.to(device), val_data, cfg.trainer.eval_batch_size, device,
+                                (cfg.loss.policy_weight, cfg.loss.value_weight),
+                                (cfg.objective.policy_weight, cfg.objective.value_weight),
+                                lambda: torch.autocast(device.type, enabled=False))
+    metric = cfg.objective.metric
+    value = best.get(metric, float("nan"))
+    record.update(objective=Objective(metric, cfg.objective.direction, value),
+                  best_epoch=outcome.best_epoch, best=best, final=final, epochs_run=len(outcome.history),
+                  stopped_early=outcome.stopped_early, restored_best=outcome.restored_best,
+                  pruned_at_epoch=len(outcome.history) if outcome.stopped_by_hook else None)
+    if not math.isfinite(value) and outcome.history:
+        raise NonFiniteObjective(f"objective {metric} is {value} in every epoch (training diverged)")
 
 
 def requeued() -> bool:
@@ -188,12 +198,13 @@ def requeued() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
 
-def _redact_storage(record: dict[str, Any]) -> None:
+def _redact_storage(record: JobResult) -> None:
     """A storage URL's password never reaches result.json."""
     from hexsweep.secrets import redact
 
-    record["config"]["optuna"]["storage"] = redact(record["config"]["optuna"]["storage"])
-    record["overrides"] = [redact(o) if o.startswith("optuna.storage=") else o for o in record.get("overrides", [])]
+    assert record.config is not None
+    record.config["optuna"]["storage"] = redact(record.config["optuna"]["storage"])
+    record.overrides = [redact(o) if o.startswith("optuna.storage=") else o for o in record.overrides or []]
 
 
 def classify_failure(exc: BaseException) -> str:
@@ -204,20 +215,20 @@ def classify_failure(exc: BaseException) -> str:
     return FAILED
 
 
-def record_failure(job_dir: Path, exc: BaseException, info: dict[str, Any]) -> dict[str, Any]:
+def record_failure(job_dir: Path, exc: BaseException, info: dict[str, Any]) -> JobResult:
     folder = JobFolder(job_dir)
     folder.write_error(exc)
-    record = read_result(job_dir) or {}
-    record.update(info)
+    record = read_result(job_dir)
+    if record is None or record.status == CORRUPT:
+        record = JobResult(FAILED)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    record.update({"status": classify_failure(exc), "error": {"type": type(exc).__name__,
-                                                              "message": message}})
+    record.update(**info, status=classify_failure(exc), error=JobError(type(exc).__name__, message))
     folder.finish(record)
     return record
 
 
 def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook | None = None,
-                       link_trial: TrialLink | None = None) -> dict[str, Any]:
+                       link_trial: TrialLink | None = None) -> JobResult:
     """``train_job`` that never raises: a failure is recorded in the job folder and returned.
 
     With ``retry_on_oom`` an out-of-memory job runs once more at half the batch size; its
@@ -228,7 +239,7 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
         return train_job(cfg, job_dir, on_epoch_end, info, link_trial)
     except (Exception, KeyboardInterrupt) as exc:
         record = hand_over_preemption(exc, job_dir, record_failure(job_dir, exc, info))
-        if record["status"] != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
+        if record.status != OOM or not cfg.retry_on_oom or cfg.batch_size < 2:
             return record
     free_cached()
     failed_size = cfg.batch_size
@@ -242,7 +253,7 @@ def train_job_recorded(cfg: DictConfig, job_dir: Path, on_epoch_end: EpochHook |
         return hand_over_preemption(exc, job_dir, record_failure(job_dir, exc, info))
 
 
-def hand_over_preemption(exc: BaseException, job_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+def hand_over_preemption(exc: BaseException, job_dir: Path, record: JobResult) -> JobResult:
     """A job that submitit's preemption (or time-limit) signal stopped, with its training state
     saved and its folder marked interrupted: now submitit's own handler checkpoints the job
     (Hydra's submitit launcher resubmits it as it is) and requeues it; it exits this process
@@ -256,8 +267,8 @@ def hand_over_preemption(exc: BaseException, job_dir: Path, record: dict[str, An
     try:
         handover()
     except Exception as e:  # submitit's UncompletedJobError and what its requeue command raises
-        record.update({"status": FAILED, "error": {"type": type(e).__name__,
-                                                     "message": f"preempted and not requeued: {first_line(str(e))}"}})
+        record.update(status=FAILED, error=JobError(type(e).__name__,
+                                                    f"preempted and not requeued: {first_line(str(e))}"))
         JobFolder(job_dir).finish(record)
     return record
 

@@ -201,9 +201,9 @@ def run_tournament(sweep: Path, top: int = 4, games: int = 20, workers: int | No
     jobs, direction, skipped = select_jobs(sweep, top, survivors)
     for line in skipped:
         print(f"hexsweep: warning: {line}", file=sys.stderr)
-    results = {row.job_dir: read_result(row.job_dir) or {} for row in jobs.itertuples()}
-    config = next((r["config"] for r in results.values() if isinstance(r.get("config"), dict)), {})
-    sizes = {(r.get("data") or {}).get("board_size") for r in results.values()}
+    results = [read_result(row.job_dir) for row in jobs.itertuples()]
+    config = next((r.config for r in results if r and r.config is not None), {})
+    sizes = {((r.data if r else None) or {}).get("board_size") for r in results}
     if len(sizes) != 1 or None in sizes:
         raise TournamentError(f"the top jobs play on different or unknown board sizes ({sorted(map(str, sizes))}): "
                               "a tournament needs one board size")

@@ -39,6 +39,7 @@ import socket
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ from hexsweep.atomic import atomic_write_json
 from hexsweep.devices import is_oom
 from hexsweep.errors import HexsweepError
 from hexsweep.heartbeat import beat, busy
+from hexsweep.jobfolder import RUNNING, JobError, JobResult
 
 if TYPE_CHECKING:  # the sweep's driver imports this module too, and needs no torch
     import torch
@@ -127,13 +129,14 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def final_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """The final model's metrics from a job's result record (whatever of them it has)."""
-    best = record.get("best") or {}
+def final_metrics(record: JobResult) -> dict[str, float]:
+    """The final model's metrics from a job's result (whatever of them it has)."""
+    best = record.best or {}
     values = {k: best.get(k) for k in FINAL_METRICS}
-    values.update({"objective": (record.get("objective") or {}).get("value"), "best_epoch": record.get("best_epoch"),
-                   "epochs_run": record.get("epochs_run"), "wall_time_s": record.get("wall_time_s"),
-                   "win_rate_vs_generator": (record.get("strength") or {}).get("win_rate_vs_generator")})
+    values.update({"objective": record.objective.value if record.objective else None,
+                   "best_epoch": record.best_epoch, "epochs_run": record.epochs_run,
+                   "wall_time_s": record.wall_time_s,
+                   "win_rate_vs_generator": (record.strength or {}).get("win_rate_vs_generator")})
     return {k: float(v) for k, v in values.items() if _number(v) is not None}
 
 
@@ -153,12 +156,12 @@ def _first_line(exc: BaseException) -> str:
 class End:
     """How a job ended, for the trackers: its status, its result record, its error."""
 
-    def __init__(self, record: Mapping[str, Any] | None, error: BaseException | None = None) -> None:
-        self.record: dict[str, Any] = dict(record or {})
+    def __init__(self, record: JobResult | None, error: BaseException | None = None) -> None:
+        # a copy: what the trackers are told does not change the job's own record
+        self.record = replace(record) if record is not None else JobResult(RUNNING)
         self.error = error
         if error is None:
-            self.status = self.record.get("status") if self.record.get("status") not in (None, "running") \
-                else "completed"
+            self.status = self.record.status if self.record.status != RUNNING else "completed"
         elif isinstance(error, KeyboardInterrupt):
             self.status = "interrupted"
         elif is_oom(error):
@@ -166,8 +169,7 @@ class End:
         else:
             self.status = "failed"
         if error is not None:
-            self.record.update({"status": self.status, "error": {"type": type(error).__name__,
-                                                                  "message": _first_line(error)}})
+            self.record.update(status=self.status, error=JobError(type(error).__name__, _first_line(error)))
 
     @property
     def ok(self) -> bool:
@@ -215,7 +217,7 @@ class TensorBoardTracker:
             for key, value in final_metrics(end.record).items():
                 self.writer.add_scalar(f"hparams/{key}", value, self.last_epoch)
             hp = {**self.hparams, "status": end.status}
-            optuna = end.record.get("optuna") or {}
+            optuna = end.record.optuna or {}
             if optuna.get("trial_number") is not None:
                 hp.update({"optuna_trial": optuna["trial_number"], "optuna_study": optuna.get("study_name"),
                            "optuna_state": TRIAL_STATE.get(end.status, "FAIL")})
@@ -324,7 +326,7 @@ def read_parent(sweep_dir: Path | None) -> dict[str, Any] | None:
 class MLflowTracker:
     name = "mlflow"
 
-    def __init__(self, settings: Any, cfg: Any, job_dir: Path, record: dict[str, Any], hparams: dict[str, Any],
+    def __init__(self, settings: Any, cfg: Any, job_dir: Path, record: JobResult, hparams: dict[str, Any],
                  sweep_dir: Path | None, slot: str | None) -> None:
         from mlflow.entities import Param
 
@@ -337,7 +339,7 @@ class MLflowTracker:
             exp = parent["experiment_id"]
         else:
             exp = experiment_id(self.client, experiment_name(settings, cfg, "hexsweep.train"), uri)
-        job = record.get("job") or {}
+        job = record.job or {}
         tags = {"status": "running", "slot": slot or "", "host": socket.gethostname(), "job_dir": str(job_dir),
                 "experiment": str(cfg.experiment_name)}
         if job.get("num") is not None:
@@ -346,7 +348,8 @@ class MLflowTracker:
             tags["mlflow.parentRunId"] = parent["run_id"]
         name = f"job {job['num']}" if job.get("num") is not None else None  # the params tell the jobs apart
         self.run_id = self.client.create_run(exp, tags=tags, run_name=name).info.run_id
-        record.setdefault("tracking", {})["mlflow"] = {"run_id": self.run_id, "experiment_id": exp,
+        record.tracking = record.tracking or {}
+        record.tracking["mlflow"] = {"run_id": self.run_id, "experiment_id": exp,
                                                        "tracking_uri": _redact(uri)}
         params = [Param(k, str(v)[:6000]) for k, v in hparams.items() if v is not None]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -370,12 +373,12 @@ class MLflowTracker:
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        step = int(end.record.get("epochs_run") or 0)
+        step = int(end.record.epochs_run or 0)
         metrics = [Metric(f"final_{k}", v, now, step) for k, v in final_metrics(end.record).items()]
         try:
             self.client.log_batch(self.run_id, metrics=metrics,
                                   tags=[RunTag(k, v) for k, v in end_tags(end).items()])
-            self.client.log_dict(self.run_id, json.loads(json.dumps(end.record, default=str)), "result.json")
+            self.client.log_dict(self.run_id, _plain(end.record), "result.json")
             if (text := end.traceback()) is not None:
                 self.client.log_text(self.run_id, text, "error.txt")
             if self.log_model and end.ok and (self.job_dir / "best.pt").exists():
@@ -386,9 +389,9 @@ class MLflowTracker:
 
 def end_tags(end: End) -> dict[str, str]:
     tags = {"status": end.status}
-    if end.record.get("error"):
-        tags["error"] = str(end.record["error"].get("message", ""))[:5000]
-    optuna = end.record.get("optuna") or {}
+    if end.record.error:
+        tags["error"] = end.record.error.message[:5000]
+    optuna = end.record.optuna or {}
     if optuna.get("trial_number") is not None:
         tags.update({"optuna.study_name": str(optuna.get("study_name")),
                      "optuna.trial_number": str(optuna["trial_number"]),
@@ -431,7 +434,12 @@ def start_sweep(config: Any, sweep_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def finish_sweep(settings: Any, sweep_dir: Path, records: list[dict[str, Any]], aborted: bool = False) -> None:
+def _plain(record: JobResult) -> dict[str, Any]:
+    """result.json as MLflow's artifact: JSON-safe (a NaN objective stays NaN, other values as text)."""
+    return json.loads(json.dumps(record.to_dict(), default=str))
+
+
+def finish_sweep(settings: Any, sweep_dir: Path, records: list[JobResult], aborted: bool = False) -> None:
     """In the sweep driver, after the sweep: end every job's run the job left RUNNING (killed, stalled:
     it could not) with its folder's status and result.json, then the parent run."""
     parent = read_parent(sweep_dir)
@@ -443,17 +451,17 @@ def finish_sweep(settings: Any, sweep_dir: Path, records: list[dict[str, Any]], 
             return
         counts: dict[str, int] = {}
         for record in records:
-            counts[record.get("status", "?")] = counts.get(record.get("status", "?"), 0) + 1
-            run_id = ((record.get("tracking") or {}).get("mlflow") or {}).get("run_id")
-            if not run_id or record.get("status") == "running":
+            counts[record.status] = counts.get(record.status, 0) + 1
+            run_id = ((record.tracking or {}).get("mlflow") or {}).get("run_id")
+            if not run_id or record.status == RUNNING:
                 continue  # no run, or a job still alive (another host): its own to end
             if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
                 continue
             end = End(record)
             client.set_tag(run_id, "status", end.status)
-            if end.record.get("error"):
-                client.set_tag(run_id, "error", str(end.record["error"].get("message", ""))[:5000])
-            client.log_dict(run_id, json.loads(json.dumps(record, default=str)), "result.json")
+            if end.record.error:
+                client.set_tag(run_id, "error", end.record.error.message[:5000])
+            client.log_dict(run_id, _plain(record), "result.json")
             client.set_terminated(run_id, mlflow_status(end.status))
         for key in client.get_run(parent["run_id"]).data.tags:  # a resumed sweep's counts replace the last
             if key.startswith("jobs.") and key[5:] not in counts:
@@ -550,7 +558,7 @@ class Trackers:
         self._each("log_epoch", epoch, metrics)
         self._window = None  # evaluation time is not training throughput
 
-    def close(self, record: Mapping[str, Any] | None = None, error: BaseException | None = None) -> None:
+    def close(self, record: JobResult | None = None, error: BaseException | None = None) -> None:
         if self.closed:
             return
         self.closed = True
@@ -558,9 +566,9 @@ class Trackers:
             self._each("close", End(record, error))
 
 
-def _sweep_dir(job_dir: Path, record: Mapping[str, Any]) -> Path | None:
+def _sweep_dir(job_dir: Path, record: JobResult) -> Path | None:
     """The sweep folder of a sweep's job (where mlflow.json lies), None for a single run."""
-    if not record.get("multirun"):
+    if not record.multirun:
         return None
     from hydra.core.hydra_config import HydraConfig
 
@@ -572,17 +580,17 @@ def _sweep_dir(job_dir: Path, record: Mapping[str, Any]) -> Path | None:
     return job_dir.parent
 
 
-def open_trackers(cfg: Any, job_dir: Path, record: dict[str, Any] | None = None, slot: str | None = None) -> Trackers:
-    """The trackers ``cfg.logger`` turns on, for the job in ``job_dir``. ``record`` (result.json's
-    content) gives the job's identity and receives the MLflow run id. Never raises: a tracker that
+def open_trackers(cfg: Any, job_dir: Path, record: JobResult | None = None, slot: str | None = None) -> Trackers:
+    """The trackers ``cfg.logger`` turns on, for the job in ``job_dir``. ``record`` (its result.json)
+    gives the job's identity and receives the MLflow run id. Never raises: a tracker that
     cannot start is warned about and left out."""
-    record = record if record is not None else {}
+    record = record if record is not None else JobResult(RUNNING)
     names = enabled(cfg)
     backends: list[Any] = []
     if not names:
         return Trackers(backends)
-    hparams = hyperparameters(cfg, list(record.get("overrides") or []))
-    job = record.get("job") or {}
+    hparams = hyperparameters(cfg, list(record.overrides or []))
+    job = record.job or {}
     if job.get("num") is not None:
         hparams["job"] = job["num"]
     sweep_dir = _sweep_dir(job_dir, record)
@@ -603,7 +611,7 @@ def open_trackers(cfg: Any, job_dir: Path, record: dict[str, Any] | None = None,
 
 
 @contextlib.contextmanager
-def tracked(cfg: Any, job_dir: Path, record: dict[str, Any], slot: str | None = None) -> Iterator[Trackers]:
+def tracked(cfg: Any, job_dir: Path, record: JobResult, slot: str | None = None) -> Iterator[Trackers]:
     """The job's trackers, closed with the job's status: the record's when the block ends, else the
     status its exception means (failed, oom, interrupted)."""
     trackers = open_trackers(cfg, job_dir, record, slot)

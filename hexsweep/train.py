@@ -30,11 +30,7 @@ from omegaconf import DictConfig
 from hexsweep.cli import CONF_DIR, compose, fail
 from hexsweep.config import check_name, register_schema, validate
 from hexsweep.errors import HexsweepError
-from hexsweep.jobfolder import (
-    FINISHED_OK,
-    INTERRUPTED,
-    completed_result,
-)
+from hexsweep.jobfolder import INTERRUPTED, completed_result
 from hexsweep.naming import register_resolvers
 from hexsweep.sweep.apps import job_app
 from hexsweep.sweep.compose import shared_config_store
@@ -68,11 +64,12 @@ def main(cfg: DictConfig) -> float:
             fail(str(e))
     if multirun and cfg.resume and (done := completed_result(job_dir, list(hc.overrides.task))):
         log.info("resume: job %s already completed, skipped", hc.job.num)
-        return float(done["objective"]["value"])
+        return done.value
     record = train_job_recorded(cfg, job_dir, link_trial=trial_hook)
-    status = record["status"]
-    if status not in FINISHED_OK:
-        message = f"job {status}: {record['error']['type']}: {record['error']['message']}"
+    status = record.status
+    if not record.ok:
+        error = record.error
+        message = f"job {status}: {error.type}: {error.message}" if error else f"job {status}"
         if multirun:
             log.error("%s (%s)", message, job_dir)
             if status == INTERRUPTED:
@@ -80,10 +77,10 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"hexsweep: {message}\n  full traceback: {job_dir / 'error.txt'}", file=sys.stderr)
         raise SystemExit(130 if status == INTERRUPTED else 1)
-    value = record["objective"]["value"]
-    log.info("%s: %s = %.4f (best epoch %s of %d) -> %s", record["experiment"],
-             record["objective"]["metric"], value, record["best_epoch"], record["epochs_run"], job_dir)
-    return float(value)
+    log.info("%s: %s = %.4f (best epoch %s of %d) -> %s", record.experiment,
+             record.objective.metric if record.objective else "objective", record.value, record.best_epoch,
+             record.epochs_run or 0, job_dir)
+    return record.value
 
 
 def precheck_argv(argv: list[str]) -> None:

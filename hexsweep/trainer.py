@@ -561,24 +561,9 @@ class _Run:
 
     def loop(self, val_data: HexDataset, on_epoch_end: EpochHook | None, resume: Resume | None,
              stop: _StopRequests) -> TrainOutcome:
-        cfg, tcfg, model, device, out = self.cfg, self.cfg.trainer, self.model, self.device, self.out
-        loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
-        objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
-        metric, direction = cfg.objective.metric, cfg.objective.direction
+        cfg, tcfg, model, out = self.cfg, self.cfg.trainer, self.model, self.out
         show_bar = tcfg.progress == "on" or (tcfg.progress == "auto" and sys.stderr.isatty())
-        first_epoch, skip, partial = 1, 0, None
-        if resume is not None:
-            first_epoch, skip, partial = self.restore(resume)
-            if tcfg.patience and self.stale >= tcfg.patience:  # it had stopped early: nothing left to train
-                out.stopped_early, first_epoch = True, tcfg.epochs + 1
-            elif on_epoch_end is not None and out.history and skip == 0:
-                # the last finished epoch again: a stop between its save and its hook left it unasked
-                # (a pruning hook reports each epoch once and may prune now)
-                last = out.history[-1]
-                if on_epoch_end(int(last["epoch"]), last, model):
-                    out.stopped_by_hook, first_epoch = True, tcfg.epochs + 1
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        first_epoch, skip, partial = self.begin(resume, on_epoch_end)
         for epoch in range(first_epoch, tcfg.epochs + 1):
             model.train()
             acc: dict[str, torch.Tensor] = {}
@@ -594,27 +579,9 @@ class _Run:
             for batch in self.train_data.batches(cfg.batch_size, True, self.rng, tcfg.max_steps_per_epoch,
                                                  skip=skip):
                 beat()  # progress, for the sweep driver's stall watchdog (hexsweep/heartbeat.py)
-                batch = to_device(batch, device)
-                if cfg.data.augment:
-                    batch = augment(batch, self.gen)
-                with self.autocast():
-                    sums = compute_losses(model, batch)
-                count = len(batch["move"])
-                loss = (loss_w[0] * sums["policy_sum"] / sums["policy_count"].clamp(min=1)
-                        + loss_w[1] * sums["value_sum"] / count)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if tcfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                _add(acc, sums)
+                count = self.step(batch, acc)
                 seen += count
                 step += 1
-                self.logger.on_step(loss, count, self.optimizer)
                 bar.update(1)
                 every = tcfg.checkpoint_every_steps
                 if step >= self.steps_per_epoch:
@@ -628,38 +595,12 @@ class _Run:
                     raise stop.stopped(f"stopped by {stop.requested} at epoch {epoch}, step {step}: the training "
                                        "state is in last.pt (resume=true continues from there)")
             skip = 0
-            train_time = elapsed_before + time.perf_counter() - start
             bar.close()
-            # the epoch's metrics: train (summed over its steps), validation, throughput, memory
-            metrics: dict[str, float] = {"epoch": epoch}
-            metrics.update(summarise(acc, "train", loss_w, objective_w))
-            metrics.update(evaluate(model, val_data, tcfg.eval_batch_size, device, loss_w,
-                                    objective_w, self.autocast, StrengthSpec.for_objective(cfg)))
-            out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
-            metrics.update({
-                "samples_per_s": seen / train_time if train_time > 0 else float("nan"),
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_time_s": time.perf_counter() - start,
-                "rss_mb": current_rss_mb(),
-            })
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
-                out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
-                metrics["gpu_peak_mb"] = peak
+            metrics = self.epoch_metrics(epoch, acc, val_data, seen, elapsed_before, start)
             append_jsonl(self.job_dir / "metrics.jsonl", metrics)
             self.logger.on_epoch(epoch, metrics)
             out.history.append(metrics)
-            # early stopping: keep the best epoch's weights (best.pt), count the epochs since
-            value = metrics[metric]
-            if is_better(value, self.best_value, direction, tcfg.min_delta if self.best_value is not None else 0):
-                self.best_value, self.stale = value, 0
-                out.best_epoch, out.best_metrics = epoch, dict(metrics)
-                self.best_state = copy.deepcopy(model.state_dict())
-                if tcfg.checkpoints:
-                    save_checkpoint(self.job_dir / "best.pt", model, None, model.cfg, epoch, metrics,
-                                    self.plain_config)
-            else:
-                self.stale += 1
+            self.keep_if_best(epoch, metrics)
             if tcfg.checkpoints:
                 self.save(epoch + 1, 0, copy.deepcopy(self.rng.bit_generator.state), None)
                 stop.save_now = False
@@ -676,3 +617,84 @@ class _Run:
             model.load_state_dict(self.best_state)
             out.restored_best = True
         return out
+
+    def begin(self, resume: Resume | None, on_epoch_end: EpochHook | None) -> tuple[int, int, dict | None]:
+        """Where the loop starts: (epoch, step within it, the partial sums of a resumed epoch)."""
+        tcfg, out = self.cfg.trainer, self.out
+        first_epoch, skip, partial = 1, 0, None
+        if resume is not None:
+            first_epoch, skip, partial = self.restore(resume)
+            if tcfg.patience and self.stale >= tcfg.patience:  # it had stopped early: nothing left to train
+                out.stopped_early, first_epoch = True, tcfg.epochs + 1
+            elif on_epoch_end is not None and out.history and skip == 0:
+                # the last finished epoch again: a stop between its save and its hook left it unasked
+                # (a pruning hook reports each epoch once and may prune now)
+                last = out.history[-1]
+                if on_epoch_end(int(last["epoch"]), last, self.model):
+                    out.stopped_by_hook, first_epoch = True, tcfg.epochs + 1
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return first_epoch, skip, partial
+
+    def step(self, batch: dict[str, Any], acc: dict[str, torch.Tensor]) -> int:
+        """One optimizer step on ``batch``; adds its loss sums to ``acc``; returns its size."""
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        batch = to_device(batch, self.device)
+        if cfg.data.augment:
+            batch = augment(batch, self.gen)
+        with self.autocast():
+            sums = compute_losses(self.model, batch)
+        count = len(batch["move"])
+        loss = (cfg.loss.policy_weight * sums["policy_sum"] / sums["policy_count"].clamp(min=1)
+                + cfg.loss.value_weight * sums["value_sum"] / count)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if tcfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        _add(acc, sums)
+        self.logger.on_step(loss, count, self.optimizer)
+        return count
+
+    def epoch_metrics(self, epoch: int, acc: dict[str, torch.Tensor], val_data: HexDataset, seen: int,
+                      elapsed_before: float, start: float) -> dict[str, float]:
+        """The epoch's row of metrics.jsonl: train (summed over its steps), validation, throughput, memory."""
+        cfg, out, device = self.cfg, self.out, self.device
+        loss_w = (cfg.loss.policy_weight, cfg.loss.value_weight)
+        objective_w = (cfg.objective.policy_weight, cfg.objective.value_weight)
+        train_time = elapsed_before + time.perf_counter() - start
+        metrics: dict[str, float] = {"epoch": epoch}
+        metrics.update(summarise(acc, "train", loss_w, objective_w))
+        metrics.update(evaluate(self.model, val_data, cfg.trainer.eval_batch_size, device, loss_w,
+                                objective_w, self.autocast, StrengthSpec.for_objective(cfg)))
+        out.peak_rss_mb = max(out.peak_rss_mb, current_rss_mb())
+        metrics.update({
+            "samples_per_s": seen / train_time if train_time > 0 else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - start,
+            "rss_mb": current_rss_mb(),
+        })
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            out.peak_gpu_mem_mb = max(out.peak_gpu_mem_mb or 0.0, peak)
+            metrics["gpu_peak_mb"] = peak
+        return metrics
+
+    def keep_if_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Early stopping's state: the best epoch's weights (and best.pt), the epochs since it."""
+        cfg = self.cfg
+        value = metrics[cfg.objective.metric]
+        best = self.best_value
+        if is_better(value, best, cfg.objective.direction, cfg.trainer.min_delta if best is not None else 0):
+            self.best_value, self.stale = value, 0
+            self.out.best_epoch, self.out.best_metrics = epoch, dict(metrics)
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if cfg.trainer.checkpoints:
+                save_checkpoint(self.job_dir / "best.pt", self.model, None, self.model.cfg, epoch, metrics,
+                                self.plain_config)
+        else:
+            self.stale += 1

@@ -109,16 +109,16 @@ def test_analyze_merges_sweeps_from_several_folders(tmp_path):
 def test_oom_is_recorded_and_retried_at_half_batch(tiny_cfg, tmp_path):
     cfg = tiny_cfg("batch_size=256", "fault.oom_above_batch_size=128", "trainer.epochs=1")
     r = train_job_recorded(cfg, tmp_path / "oom")
-    assert r["status"] == "oom" and r["batch_size"] == 256
-    assert "out of memory at batch_size=256" in r["error"]["message"]
+    assert r.status == "oom" and r.batch_size == 256
+    assert "out of memory at batch_size=256" in r.error.message
     cfg = tiny_cfg("batch_size=256", "fault.oom_above_batch_size=128", "trainer.epochs=1", "retry_on_oom=true")
     r = train_job_recorded(cfg, tmp_path / "retry")
-    assert r["status"] == "completed" and r["batch_size"] == 128
-    assert r["oom_batch_size"] == 256 and r["retried"] is True
+    assert r.status == "completed" and r.batch_size == 128
+    assert r.oom_batch_size == 256 and r.retried is True
     row = aggregate([tmp_path]).set_index("job_dir").loc[str(tmp_path / "retry")]
     assert row["retried"] and row["oom_batch_size"] == 256 and row["batch_size"] == 128
 
 
 def test_nan_objective_is_a_failed_job(tiny_cfg, tmp_path):
     r = train_job_recorded(tiny_cfg("fault.nan_at_epoch=1", "trainer.epochs=2"), tmp_path / "nan")
-    assert r["status"] == "failed" and r["error"]["type"] == "NonFiniteObjective"
+    assert r.status == "failed" and r.error.type == "NonFiniteObjective"

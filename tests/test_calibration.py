@@ -54,11 +54,11 @@ def test_strength_objective_and_detail_metrics_in_a_real_run(tiny_cfg, tmp_path)
                    "optim.lr=3e-3")
     r = train_job(cfg, tmp_path / "job")
     rows = read_jsonl(tmp_path / "job" / "metrics.jsonl")
-    assert r["status"] == "completed" and all(0 <= row["strength"] <= 1 for row in rows)
-    assert r["objective"] == {"metric": "strength", "direction": "maximize",
-                              "value": max(row["strength"] for row in rows)}
+    assert r.status == "completed" and all(0 <= row["strength"] <= 1 for row in rows)
+    assert (r.objective.metric, r.objective.direction, r.value) == (
+        "strength", "maximize", max(row["strength"] for row in rows))
     # the final check replays the same games with the restored best weights
-    assert r["strength"]["win_rate_vs_generator"] == r["objective"]["value"]
+    assert r.strength["win_rate_vs_generator"] == r.value
     for row in rows:  # every epoch: top-k accuracy, entropy, calibration, stages
         assert row["val_policy_acc"] <= row["val_policy_top3_acc"] <= row["val_policy_top5_acc"] <= 1
         assert 0 < row["val_policy_entropy"] < np.log(25)
@@ -66,7 +66,7 @@ def test_strength_objective_and_detail_metrics_in_a_real_run(tiny_cfg, tmp_path)
         for stage in ("early", "middle", "late"):
             assert 0 <= row[f"val_value_acc_{stage}"] <= 1 and row[f"val_value_loss_{stage}"] >= 0
     best = json.loads((tmp_path / "job" / "result.json").read_text())["best"]
-    assert sum(best["val_calibration"]["count"]) == r["data"]["val_positions"]
+    assert sum(best["val_calibration"]["count"]) == r.data["val_positions"]
     assert best["val_value_ece"] == best["val_calibration"]["ece"]
 
 

@@ -52,7 +52,7 @@ def test_malformed_job_files_become_corrupt_rows_and_the_rest_goes_on(tmp_path):
     assert learned_need(sibling_results(sweep), {"model": "small"}).ram_mb > 100
     # resume reruns a corrupt job: it is not completed
     assert completed_result(sweep / "1", ["seed=1"]) is None
-    assert read_result(sweep / "1")["status"] == "corrupt"
+    assert read_result(sweep / "1").status == "corrupt"
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_full_disk_leaves_no_job_running_and_ends_in_one_line(full_disk, data_
     assert "Traceback" not in out.stderr
     for result in full_disk.rglob("result.json"):
         record = read_result(result.parent)
-        assert record is None or record["status"] != "running"
+        assert record is None or record.status != "running"
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_chdir_true_keeps_one_slot_pool_and_one_dataset(tmp_path, data_root, tin
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
-    slots = {read_result(sweep / j)["slot"] for j in ("0", "1")}
+    slots = {read_result(sweep / j).slot for j in ("0", "1")}
     assert slots == {"cpu-0", "cpu-1"}
     assert not list(sweep.rglob(".locks")) and not list(sweep.rglob("data"))
 

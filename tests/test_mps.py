@@ -137,12 +137,12 @@ def test_mps_out_of_memory_is_oom_retried_and_blocked_by_the_sweeper(tiny_cfg, t
 
     assert is_oom(RuntimeError(MPS_OOM)) and is_oom(torch.OutOfMemoryError("CUDA out of memory"))
     assert not is_oom(RuntimeError("MPS backend failed to compile a shader")) and not is_oom(MemoryError())
-    assert End({}, RuntimeError(MPS_OOM)).status == "oom"
+    assert End(None, RuntimeError(MPS_OOM)).status == "oom"
     monkeypatch.setattr(faults, "check_batch_size", _mps_oom_above(128))
     r = train_job_recorded(tiny_cfg("batch_size=256", "trainer.epochs=1"), tmp_path / "oom")
-    assert r["status"] == "oom" and r["batch_size"] == 256 and "MPS backend out of memory" in r["error"]["message"]
+    assert r.status == "oom" and r.batch_size == 256 and "MPS backend out of memory" in r.error.message
     retried = train_job_recorded(tiny_cfg("batch_size=256", "retry_on_oom=true", *SHORT), tmp_path / "retry")
-    assert (retried["status"], retried["batch_size"], retried["oom_batch_size"]) == ("completed", 128, 256)
+    assert (retried.status, retried.batch_size, retried.oom_batch_size) == ("completed", 128, 256)
 
     study = optuna.create_study()
     study.enqueue_trial({"batch_size": 256})
@@ -199,6 +199,6 @@ def test_a_sweeps_job_on_mps_records_its_gpu_peak_in_the_table(fake_mps, tiny_cf
     monkeypatch.setattr(train, "resolve_device", lambda spec: torch.device("cpu"))
     fake_mps.driver_mb = 777.0
     record = train.train_job(tiny_cfg(*SHORT), tmp_path / "sweep" / "0", info={"multirun": True})
-    assert (record["slot"], record["status"], fake_mps.fractions) == ("mps-0", "completed", [0.5])
-    assert record["peak_gpu_mem_mb"] == 777.0
+    assert (record.slot, record.status, fake_mps.fractions) == ("mps-0", "completed", [0.5])
+    assert record.peak_gpu_mem_mb == 777.0
     assert aggregate([tmp_path / "sweep"]).iloc[0]["peak_gpu_mem_mb"] == 777.0

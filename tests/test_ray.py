@@ -191,3 +191,47 @@ def test_ray_cluster_sizes_optuna_batches_from_the_cluster(ray_head):
         assert launcher.n_jobs_for(8) == 2  # the head's 2 CPUs, 1 a task
     finally:
         ray.shutdown()
+
+
+PLAIN_APP = '''
+import os
+import signal
+
+import hydra
+
+@hydra.main(config_path=".", config_name="plain", version_base="1.3")
+def sphere(cfg):
+    if cfg.x == 2:
+        raise RuntimeError("too far out")
+    if cfg.x == 5:
+        os.kill(os.getpid(), signal.SIGKILL)  # Ray loses the task: its launcher settles it
+    return cfg.x ** 2
+
+if __name__ == "__main__":
+    sphere()
+'''
+
+
+def test_a_plain_app_searched_through_ray_gets_no_hexsweep_file(tmp_path, ray_head):
+    """hexsweep's Ray launcher and Optuna sweeper on an app that is not hexsweep.train: its job
+    folders hold Hydra's files and its log only, also for the trial that raised and the one whose
+    worker died (which the launcher settles through the app: nothing to write for a plain app)."""
+    (tmp_path / "plain.py").write_text(PLAIN_APP)
+    (tmp_path / "plain.yaml").write_text(
+        "defaults:\n  - override hydra/sweeper: hexsweep_optuna\n  - override hydra/launcher: ray\n  - _self_\n"
+        "x: 0\n")
+    out = subprocess.run(
+        [sys.executable, "plain.py", "-m", "hydra.sweep.dir=sweep", "hydra/sweeper/sampler=grid",
+         "hydra.launcher._target_=hydra_plugins.hexsweep_launcher.ray_launcher.HexsweepRayLauncher",
+         "hydra.launcher.ray.init.address=auto", "+hydra.launcher.ray.remote.num_cpus=1",
+         "+hydra.launcher.ray.remote.num_gpus=0", "+hydra.launcher.ray.remote.max_retries=0",
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=1.0", "x=choice(1,2,5)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="hexsweep",
+                              storage=open_storage(str(tmp_path / "outputs/optuna/studies.journal")))
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "FAIL"]
+    jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == 3
+    for job in jobs:
+        assert {p.name for p in job.iterdir()} <= {".hydra", "plain.log"}, sorted(p.name for p in job.iterdir())

@@ -15,7 +15,7 @@ from sweep_helpers import read_result, run_sweep, sweep_dirs
 from hexsweep.atomic import read_jsonl
 from hexsweep.cli import compose
 from hexsweep.errors import ConfigError
-from hexsweep.jobfolder import JobFolder, record_death
+from hexsweep.jobfolder import JobFolder, JobResult, record_death
 from hexsweep.lifecycle import train_job
 from hexsweep.sweep.callbacks import finish_tracking
 from hexsweep.tracking import PARENT_FILE, enabled, open_trackers, start_sweep
@@ -73,7 +73,7 @@ def test_tensorboard_event_files_hold_the_scalars_and_the_hparams(tiny_cfg, tmp_
     assert [e.value for e in val] == pytest.approx([r["val_objective"] for r in rows])
     steps = [e.step for e in acc.Scalars("step/loss")]
     assert steps and all(s % 2 == 0 for s in steps)
-    assert acc.Scalars("hparams/objective")[-1].value == pytest.approx(record["objective"]["value"])
+    assert acc.Scalars("hparams/objective")[-1].value == pytest.approx(record.value)
     experiment, start, end = hparams_of(acc)
     assert "hparams/objective" in {m.name.tag for m in experiment.metric_infos}
     assert {"optim.lr", "batch_size", "model.dropout", "status", "job"} <= {h.name for h in experiment.hparam_infos}
@@ -111,10 +111,10 @@ def test_a_completed_job_ends_its_run_finished_with_its_best_checkpoint(tiny_cfg
     cfg = tiny_cfg("logger=mlflow", "logger.mlflow.log_model=true", "logger.mlflow.experiment_name=mine")
     record = train_job(cfg, tmp_path / "job", info={"overrides": ["seed=0"]})
     client = client_for(tmp_path)
-    run = client.get_run(record["tracking"]["mlflow"]["run_id"])
+    run = client.get_run(record.tracking["mlflow"]["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
     assert client.get_experiment(run.info.experiment_id).name == "mine"
-    assert run.data.metrics["final_objective"] == pytest.approx(record["objective"]["value"])
+    assert run.data.metrics["final_objective"] == pytest.approx(record.value)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"result.json", "checkpoints"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert (tmp_path / "mlartifacts").is_dir()  # beside the store, not in the working directory
@@ -131,13 +131,13 @@ def test_the_driver_ends_the_run_of_a_job_that_died(tiny_cfg, tmp_path):
     parent = start_sweep(driver_cfg, sweep)
     assert json.loads((sweep / PARENT_FILE).read_text()) == parent
     job_dir = sweep / "0"
-    record = JobFolder(job_dir).start({"job": {"num": 0}, "multirun": True, "overrides": ["seed=0"]})
+    record = JobFolder(job_dir).start(JobResult("running", job={"num": 0}, multirun=True, overrides=["seed=0"]))
     trackers = open_trackers(cfg, job_dir, record, slot="cpu-0")
     JobFolder(job_dir).update(record)  # what the job records once it runs
     trackers.on_epoch(1, {"epoch": 1, "val_objective": 1.5})
     record_death(job_dir, "was killed by the stall watchdog", "Stalled", {"overrides": ["seed=0"]})
     client = client_for(tmp_path)
-    run_id = record["tracking"]["mlflow"]["run_id"]
+    run_id = record.tracking["mlflow"]["run_id"]
     assert client.get_run(run_id).info.status == "RUNNING"
     finish_tracking(driver_cfg, sweep)
     run = client.get_run(run_id)
@@ -156,7 +156,7 @@ def test_an_unreachable_mlflow_server_warns_once_and_the_job_goes_on(tiny_cfg, t
                    "logger.mlflow.max_retries=0", "logger.mlflow.request_timeout_s=2")
     with caplog.at_level(logging.WARNING, logger="hexsweep.tracking"):
         record = train_job(cfg, tmp_path / "job")
-    assert record["status"] == "completed" and "tracking" not in record
+    assert record.status == "completed" and record.tracking is None
     warnings = [r.getMessage() for r in caplog.records if r.name == "hexsweep.tracking"]
     assert len(warnings) == 1 and warnings[0].startswith("logger mlflow is off for this job")
     assert "hparams/objective" in events(tmp_path / "job").Tags()["scalars"]  # the other logger still ran

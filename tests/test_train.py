@@ -22,7 +22,7 @@ def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=4", "optim.lr=3e-3")
     result = train_job(cfg, tmp_path / "job")
     on_disk = json.loads((tmp_path / "job" / "result.json").read_text())
-    assert on_disk["status"] == "completed" == result["status"]
+    assert on_disk["status"] == "completed" == result.status
     rows = read_jsonl(tmp_path / "job" / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and on_disk["epochs_run"] == 4
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -46,9 +46,9 @@ def test_tiny_run_learns_and_fills_the_job_folder(tiny_cfg, tmp_path):
 def test_objective_ignores_training_loss_weights(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=1", "loss.policy_weight=0.9", "loss.value_weight=0.1")
     r = train_job(cfg, tmp_path / "j")
-    best = r["best"]
+    best = r.best
     assert best["val_loss"] == pytest.approx(0.9 * best["val_policy_loss"] + 0.1 * best["val_value_loss"])
-    assert r["objective"]["value"] == pytest.approx(
+    assert r.value == pytest.approx(
         0.5 * best["val_policy_loss"] + 0.5 * best["val_value_loss"])
 
 
@@ -56,7 +56,7 @@ def test_other_objective_metric_and_direction(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.epochs=2", "objective.metric=val_policy_acc", "objective.direction=maximize")
     r = train_job(cfg, tmp_path / "j")
     rows = read_jsonl(tmp_path / "j" / "metrics.jsonl")
-    assert r["objective"]["value"] == max(row["val_policy_acc"] for row in rows)
+    assert r.value == max(row["val_policy_acc"] for row in rows)
 
 
 def test_checkpoint_reload_gives_identical_outputs(tiny_cfg, tmp_path, tiny_dataset):

@@ -75,42 +75,41 @@ def job_row(job: Path, sweep: str) -> dict[str, Any]:
     r = read_result(job)
     row: dict[str, Any] = {"sweep": sweep, "job_dir": str(job),
                            "job_num": int(job.name) if job.name.isdigit() else None}
-    if r is None or r.get("status") == CORRUPT:
+    if r is None or r.status == CORRUPT:
         overrides = _overrides_from_hydra(job)
         error = ("no result.json (never started, or killed before writing it)" if r is None
-                 else f"Corrupt: {r['error']['message']}")
+                 else f"Corrupt: {r.error.message if r.error else ''}")
         row.update(status="missing" if r is None else CORRUPT, overrides=override_key(overrides),
                    _overrides=overrides, error=error)
         return row
-    overrides = r.get("overrides") or []
-    best, final = r.get("best") or {}, r.get("final") or {}
-    objective = r.get("objective") or {}
-    error = r.get("error") or {}
+    overrides = r.overrides or []
+    best, final, strength = r.best or {}, r.final or {}, r.strength or {}
+    objective = r.objective
     row.update({
-        "experiment": r.get("experiment"),
+        "experiment": r.experiment,
         "overrides": override_key(overrides),
         "_overrides": overrides,
-        "status": r.get("status"),
-        "objective_metric": objective.get("metric"),
-        "objective_direction": objective.get("direction"),
-        "objective": objective.get("value"),
-        "best_epoch": r.get("best_epoch"),
-        "epochs_run": r.get("epochs_run"),
-        "batch_size": r.get("batch_size", (r.get("config") or {}).get("batch_size")),
-        "oom_batch_size": r.get("oom_batch_size"),
-        "retried": bool(r.get("retried", False)),
-        "wall_time_s": r.get("wall_time_s"),
-        "peak_rss_mb": r.get("peak_rss_mb"),
-        "peak_gpu_mem_mb": r.get("peak_gpu_mem_mb"),
-        "device": r.get("device"),
-        "slot": r.get("slot"),
-        "num_threads": r.get("num_threads"),
-        "host": r.get("host"),
-        "win_rate_vs_generator": (r.get("strength") or {}).get("win_rate_vs_generator"),
-        "win_rate_vs_random": (r.get("strength") or {}).get("win_rate_vs_random"),
-        "error": f"{error.get('type')}: {error.get('message')}" if error else None,
-        "code": code_of(r.get("env")),
-        "packages": ((r.get("env") or {}).get("packages_sha256") or "")[:12] or None,
+        "status": r.status,
+        "objective_metric": objective.metric if objective else None,
+        "objective_direction": objective.direction if objective else None,
+        "objective": objective.value if objective else None,
+        "best_epoch": r.best_epoch,
+        "epochs_run": r.epochs_run,
+        "batch_size": r.batch_size if r.batch_size is not None else (r.config or {}).get("batch_size"),
+        "oom_batch_size": r.oom_batch_size,
+        "retried": bool(r.retried),
+        "wall_time_s": r.wall_time_s,
+        "peak_rss_mb": r.peak_rss_mb,
+        "peak_gpu_mem_mb": r.peak_gpu_mem_mb,
+        "device": r.device,
+        "slot": r.slot,
+        "num_threads": r.num_threads,
+        "host": r.host,
+        "win_rate_vs_generator": strength.get("win_rate_vs_generator"),
+        "win_rate_vs_random": strength.get("win_rate_vs_random"),
+        "error": f"{r.error.type}: {r.error.message}" if r.error else None,
+        "code": code_of(r.env),
+        "packages": ((r.env or {}).get("packages_sha256") or "")[:12] or None,
     })
     for key in METRIC_KEYS:
         row[f"best_{key}"] = best.get(key)
@@ -194,6 +193,6 @@ def load_best_rows(job_dirs: list[str]) -> dict[str, dict[str, Any]]:
     rows = {}
     for job_dir in job_dirs:
         r = read_result(job_dir)
-        if r and isinstance(r.get("best"), dict):
-            rows[str(job_dir)] = r["best"]
+        if r and r.best is not None:
+            rows[str(job_dir)] = r.best
     return rows

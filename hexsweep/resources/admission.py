@@ -24,6 +24,7 @@ import psutil
 
 from hexsweep.errors import HexsweepError
 from hexsweep.heartbeat import beat
+from hexsweep.jobfolder import COMPLETED, JobResult
 from hexsweep.resources import mps
 from hexsweep.resources.gpus import gpu_status
 
@@ -49,16 +50,16 @@ def job_signature(cfg: Any) -> dict[str, Any]:
             "board_size": cfg.data.board_size, "batch_size": cfg.batch_size}
 
 
-def learned_need(finished: Iterable[dict[str, Any]], signature: dict[str, Any]) -> Need | None:
+def learned_need(finished: Iterable[JobResult], signature: dict[str, Any]) -> Need | None:
     """From the results of the sweep's finished jobs (read by hexsweep/jobfolder.py, which owns
     result.json): the largest peaks of completed jobs with the same signature, plus a margin."""
     ram, gpu, seen = 0.0, 0.0, 0
     for r in finished:
-        if not isinstance(r, dict) or r.get("status") != "completed" or r.get("signature") != signature:
+        if r.status != COMPLETED or r.signature != signature:
             continue
         seen += 1
-        ram = max(ram, r.get("peak_rss_mb") or 0.0)
-        gpu = max(gpu, r.get("peak_gpu_mem_mb") or 0.0)
+        ram = max(ram, r.peak_rss_mb or 0.0)
+        gpu = max(gpu, r.peak_gpu_mem_mb or 0.0)
     if not seen:
         return None
     return Need(ram * MARGIN if ram else None, gpu * MARGIN if gpu else None,

@@ -71,7 +71,7 @@ def fail_orphans(study: optuna.Study, storage: Any, sweep_dir: Path, adopted: li
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         job_dir = t.user_attrs.get("job_dir")
         record = read_result(job_dir) if job_dir else None
-        reason = "orphaned: its sweep driver died" + (f" (job {record['status']})" if record else "")
+        reason = "orphaned: its sweep driver died" + (f" (job {record.status})" if record else "")
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)

@@ -21,6 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from hexsweep.cli import first_line
+from hexsweep.jobfolder import JobResult
 from hexsweep.resources.assign import cpu_share, default_parallel, job_env  # noqa: F401  (job_env: the runner's)
 
 
@@ -92,19 +93,20 @@ class JobApp:
         """Who still runs this job (a process that outlived its driver), or None."""
         return None
 
-    def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
-        """For resume: the job's earlier result if it already completed, else None."""
+    def done_before(self, cfg: DictConfig, job_dir: Path) -> Any:
+        """For resume: the job's earlier record (the app's own kind) if it already completed, else None."""
         return None
 
     def settle(self, cfg: DictConfig, job_dir: Path, death: tuple[str, str] | None,
-               force: bool = False) -> dict[str, Any] | None:
-        """After the job's process ended: its record in the job folder, writing it for a job
+               force: bool = False) -> JobResult | None:
+        """After the job's process ended: its result in the job folder, writing it for a job
         that could not (``death`` = (kind, how), kind a key of jobfolder.DEATH_STATUS);
         ``force``: the driver's verdict (timeout, stall) replaces what the job wrote."""
         return None
 
-    def value_of(self, record: dict[str, Any] | None) -> Any:
-        """The objective a sweeper gets for a job whose task value the driver did not receive."""
+    def value_of(self, record: Any) -> Any:
+        """The objective a sweeper gets for a job whose task value the driver did not receive
+        (``record``: what ``done_before`` or ``settle`` gave)."""
         return None
 
     def report(self, sweep_dir: Path, interrupted: bool) -> None:
@@ -115,7 +117,7 @@ class JobApp:
         """The CPU threads of one job when ``n_jobs`` run at once (None: the job decides its own)."""
         return cpu_share(n_jobs)
 
-    def hydra_return(self, ret: JobReturn, record: dict[str, Any] | None) -> None:
+    def hydra_return(self, ret: JobReturn, record: Any) -> None:
         """Adjust the JobReturn the runner built (Hydra's semantics: FAILED for a job that raised
         or died) before a sweeper sees it. Plain apps keep Hydra's."""
 
@@ -223,8 +225,8 @@ class PlainApp(JobApp):
             return None
         return recorded_completion(job_dir.parent, int(cfg.hydra.job.num), list(cfg.hydra.overrides.task))
 
-    def value_of(self, record: dict[str, Any] | None) -> Any:
-        return (record or {}).get("value")
+    def value_of(self, record: Any) -> Any:
+        return (record or {}).get("value")  # sweep.json's row (sweep/manifest.py)
 
 
 PLAIN = PlainApp()

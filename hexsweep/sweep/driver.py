@@ -36,7 +36,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hexsweep.errors import HexsweepError
-from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING
+from hexsweep.jobfolder import COMPLETED, CRASHED, DEATH_STATUS, FAILED, RUNNING, JobError, JobResult
 from hexsweep.naming import host
 from hexsweep.sweep import owner, process, stopping
 from hexsweep.sweep.apps import JobApp, app_for, job_env
@@ -58,13 +58,13 @@ class JobDied(Exception):
 @dataclass
 class Outcome:
     """How one job ended: its status word (jobfolder's vocabulary), Hydra's JobReturn, and
-    the job folder's record for apps that keep one."""
+    the app's record of it (``JobApp.done_before``/``settle``: a JobResult for apps that keep one)."""
     num: int
     cfg: DictConfig
     job_dir: Path
     status: str
     ret: JobReturn
-    record: dict[str, Any] | None = None
+    record: Any = None
     skipped: bool = False
     interrupted: bool = False  # it ended while the driver was stopping (Ctrl-C, SIGTERM)
 
@@ -242,10 +242,10 @@ class SweepDriver:
         except OSError as e:  # a full or read-only disk: the sweep goes on, the job counts as failed
             kind, how = death or ("Crashed", "ended without a result")
             log.error("job %d: cannot record how it ended in %s (%s)", job.num, job.job_dir, e.strerror or e)
-            record = {"status": DEATH_STATUS.get(kind, FAILED) if death else FAILED,
-                      "error": {"type": "OSError", "message": f"cannot write its result: {e.strerror or e}"}}
+            record = JobResult(DEATH_STATUS.get(kind, FAILED) if death else FAILED,
+                               error=JobError("OSError", f"cannot write its result: {e.strerror or e}"))
         if record is not None:
-            status = str(record.get("status"))
+            status = record.status
         elif job.answer is not None and not job.force:
             status = COMPLETED if job.answer["status"] == "completed" else FAILED
         else:
@@ -256,7 +256,7 @@ class SweepDriver:
         return out
 
     def _outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
-                 answer: dict[str, Any] | None, record: dict | None, skipped: bool = False,
+                 answer: dict[str, Any] | None, record: Any, skipped: bool = False,
                  death: tuple[str, str] | None = None) -> Outcome:
         out = self._make_outcome(num, cfg, job_dir, status, answer, record, skipped, death)
         if not skipped and status != RUNNING:
@@ -265,7 +265,7 @@ class SweepDriver:
         return out
 
     def _make_outcome(self, num: int, cfg: DictConfig, job_dir: Path, status: str,
-                      answer: dict[str, Any] | None, record: dict | None, skipped: bool,
+                      answer: dict[str, Any] | None, record: Any, skipped: bool,
                       death: tuple[str, str] | None) -> Outcome:
         # Hydra's JobReturn, as its run_job builds it in the job: the task's config, the hydra
         # node (composed in the driver; run_job adds only runtime.output_dir), working dir, name

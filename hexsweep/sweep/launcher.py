@@ -53,7 +53,7 @@ def compose_job(hydra_context: Any, master: DictConfig, sweep_dir: Path, overrid
     return cfg
 
 
-def job_return(cfg: DictConfig, job_dir: Path, record: dict | None, app: JobApp, died: str) -> JobReturn:
+def job_return(cfg: DictConfig, job_dir: Path, record: Any, app: JobApp, died: str) -> JobReturn:
     """A JobReturn built by the driver for a job whose own it did not receive (Ray lost it): FAILED
     with a JobDied error naming how, as Hydra reports a job that raised; the app may adjust it."""
     from hexsweep.sweep.driver import JobDied

@@ -16,7 +16,20 @@ from omegaconf import DictConfig
 
 from hexsweep.config import validate
 from hexsweep.errors import ConfigError
-from hexsweep.jobfolder import FINISHED_OK, INTERRUPTED, completed_result, read_result, record_death
+from hexsweep.jobfolder import (
+    COMPLETED,
+    CORRUPT,
+    CRASHED,
+    INTERRUPTED,
+    OOM,
+    PRUNED,
+    RUNNING,
+    JobError,
+    JobResult,
+    completed_result,
+    read_result,
+    record_death,
+)
 from hexsweep.pruners import SETTINGS as PRUNER_KEYS
 from hexsweep.resources.assign import default_parallel
 from hexsweep.sweep.apps import JobApp, Verdict, quote_value
@@ -42,28 +55,26 @@ class TrainApp(JobApp):
 
     def still_running(self, cfg: DictConfig, job_dir: Path) -> str | None:
         record = read_result(job_dir)  # a dead process's "running" reads as crashed
-        if record is not None and record.get("status") == "running":
-            return f"pid {record.get('pid')} on {record.get('host')}"
+        if record is not None and record.status == RUNNING:
+            return f"pid {record.pid} on {record.host}"
         return None
 
-    def done_before(self, cfg: DictConfig, job_dir: Path) -> dict[str, Any] | None:
+    def done_before(self, cfg: DictConfig, job_dir: Path) -> JobResult | None:
         if not cfg.get("resume"):
             return None
         return completed_result(job_dir, list(cfg.hydra.overrides.task))
 
     def settle(self, cfg: DictConfig, job_dir: Path, death: tuple[str, str] | None,
-               force: bool = False) -> dict[str, Any] | None:
+               force: bool = False) -> JobResult | None:
         record = read_result(job_dir)
-        mine = record is not None and record.get("status") not in ("running", "crashed", "corrupt")
+        mine = record is not None and record.status not in (RUNNING, CRASHED, CORRUPT)
         if death is None and mine:
             return record
         kind, how = death or ("Crashed", "ended without a result")
         return record_death(job_dir, how, kind, job_identity(cfg), force=force)
 
-    def value_of(self, record: dict[str, Any] | None) -> Any:
-        if record and record.get("status") in FINISHED_OK:
-            return (record.get("objective") or {}).get("value", math.nan)
-        return math.nan
+    def value_of(self, record: JobResult | None) -> Any:
+        return record.value if record is not None and record.ok else math.nan
 
     def report(self, sweep_dir: Path, interrupted: bool) -> None:
         import sys
@@ -80,7 +91,7 @@ class TrainApp(JobApp):
     def job_threads(self, n_jobs: int) -> int | None:
         return None  # the job sizes its own CPU share when it takes its slot (resources/job.py)
 
-    def hydra_return(self, ret: JobReturn, record: dict[str, Any] | None) -> None:
+    def hydra_return(self, ret: JobReturn, record: JobResult | None) -> None:
         # its jobs never fail Hydra's way: the folder holds the truth (status, error.txt) and the
         # value is the folder's verdict (NaN unless completed), so Hydra's post-sweep report always runs
         ret.status = JobStatus.COMPLETED
@@ -91,22 +102,21 @@ class TrainApp(JobApp):
                 metrics: Sequence[str] | None = None) -> Verdict:
         """From the job folder's result.json: completed -> the objective (or ``metrics`` of the
         best epoch, one per objective); pruned; anything else failed, with its reason."""
-        record = read_result(job_dir) or {"status": "crashed", "error": {"type": "Crashed", "message": "no result"}}
-        status = str(record.get("status"))
-        error = record.get("error") or {}
-        reason = f"{status}: {error.get('type')}: {error.get('message')}" if error else status
-        if status == "completed":
+        record = read_result(job_dir) or JobResult(CRASHED, error=JobError("Crashed", "no result"))
+        status, error = record.status, record.error
+        reason = f"{status}: {error.type}: {error.message}" if error else status
+        if status == COMPLETED:
             if metrics:
-                best = record.get("best") or {}
-                values = [float(best.get(m, math.nan)) for m in metrics]
+                best = record.best or {}
+                values = [_number(best.get(m, math.nan)) for m in metrics]
             else:
-                values = [float((record.get("objective") or {}).get("value", math.nan))]
+                values = [record.value]
             if all(math.isfinite(v) for v in values):
                 return Verdict("completed", values, status)
             reason, status = f"non-finite objective {values}", "nan"
-        if status == "pruned":
-            return Verdict("pruned", status=status, extra={"pruned_at_epoch": record.get("pruned_at_epoch")})
-        extra = {"oom_batch_size": record.get("oom_batch_size") or record.get("batch_size")} if status == "oom" else {}
+        if status == PRUNED:
+            return Verdict("pruned", status=status, extra={"pruned_at_epoch": record.pruned_at_epoch})
+        extra = {"oom_batch_size": record.oom_batch_size or record.batch_size} if status == OOM else {}
         return Verdict("failed", status=status, reason=reason, extra=extra)
 
     def check_search(self, directions: Sequence[str], metrics: Sequence[str] | None,
@@ -161,4 +171,10 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
             "job": {"name": cfg.hydra.job.name, "num": int(cfg.hydra.job.num)}}
 
 
+def _number(value: Any) -> float:
+    """A metric of the best epoch as a float; NaN (failing the trial) for what is not a number."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
 TRAIN_APP = TrainApp()
+

@@ -45,7 +45,7 @@ try:
     torch.empty(2 * total, dtype=torch.uint8, device="cuda:0")
     print("no error")
 except Exception as e:
-    print(type(e).__name__, is_oom(e), classify_failure(e), End({}, e).status)
+    print(type(e).__name__, is_oom(e), classify_failure(e), End(None, e).status)
 plain = RuntimeError("CUDA error: an illegal memory access was encountered")
 print("plain", is_oom(plain), classify_failure(plain))
 """
