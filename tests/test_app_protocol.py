@@ -142,3 +142,24 @@ def test_an_interrupted_job_pauses_its_trial_and_a_resume_continues_it_in_the_sa
     assert done.number == paused.number and done.state == optuna.trial.TrialState.COMPLETE
     assert record["status"] == "done" and record["started_from"] == stopped_at >= 3
     assert done.value == pytest.approx(done.params["x"] ** 2)
+
+
+BAD_LAUNCHER_VALUES = {"n_jobs": 0, "timeout_s": -1, "stall_timeout_s": float("inf"), "kill_grace_s": -1,
+                       "slots_per_gpu": 0, "progress": "loud", "progress_interval_s": 0}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_LAUNCHER_VALUES))
+def test_every_launcher_value_has_one_check_shared_by_list_launches_and_searches(key):
+    """``check_params`` is what ``-m`` and the Optuna sweeper both call (through the launcher's
+    ``check``/``n_jobs_for``: the subprocess test in test_optuna_any_app.py runs both paths); each
+    value the launcher's schema has beyond its type is checked there."""
+    from dataclasses import fields
+
+    from hexsweep.errors import ConfigError
+    from hexsweep.sweep.launcher import check_params
+    from hydra_plugins.hexsweep_launcher.launcher import HexsweepLauncherConf
+
+    typed_only = {"_target_", "slots_dir", "resume"}  # OmegaConf's type check is all they need
+    assert {f.name for f in fields(HexsweepLauncherConf)} - typed_only == set(BAD_LAUNCHER_VALUES)
+    with pytest.raises(ConfigError, match=rf"^hydra\.launcher\.{key}=.* is invalid: allowed "):
+        check_params({key: BAD_LAUNCHER_VALUES[key]})
