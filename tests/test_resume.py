@@ -270,14 +270,15 @@ def test_no_step_boundary_in_time_hands_over_anyway(under_submitit, monkeypatch)
 
 
 def test_a_job_submitit_will_not_requeue_ends_failed_saying_why(tmp_path):
+    from hexsweep.jobfolder import JobResult
     from hexsweep.lifecycle import hand_over_preemption
     from hexsweep.trainer import Stopped
 
     def refuse():
         raise RuntimeError("Job not requeued because: timed-out too many times.")
 
-    record = hand_over_preemption(Stopped("stopped by SIGUSR2", refuse), tmp_path, {"status": "interrupted"})
-    assert record["status"] == "failed" and "timed-out too many times" in record["error"]["message"]
+    record = hand_over_preemption(Stopped("stopped by SIGUSR2", refuse), tmp_path, JobResult("interrupted"))
+    assert record.status == "failed" and "timed-out too many times" in record.error.message
     assert read_result(tmp_path)["status"] == "failed"
 
 
