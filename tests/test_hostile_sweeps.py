@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
+import signal
 import subprocess
 import sys
 
 import pandas as pd
+import psutil
 import pytest
 from sweep_helpers import sweep_cmd
 
@@ -14,6 +19,8 @@ from hexsweep.jobfolder import completed_result, read_result, sibling_results
 from hexsweep.report.aggregate import aggregate, load_curves
 from hexsweep.report.files import write_report
 from hexsweep.resources.admission import learned_need
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def good(root, name, value):
@@ -147,16 +154,40 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
     assert epochs == [1, 2, 3]  # ran once: the waiting driver found it completed
 
 
+@contextlib.contextmanager
+def adopting_orphans():
+    """This process adopts the orphans of its children (Linux's child subreaper), so that a
+    test can wait for a process a command left behind and read how it ended."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1) != 0:
+        pytest.skip("no child subreaper here")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
 def test_bad_launcher_values_are_one_line_before_any_job(tmp_path):
+    """Refused before any job, and the job server the command started early is ended with it:
+    it ran on importing its preload, seconds of CPU, after the command had exited."""
     for arg, message in [("hydra.launcher.timeout_s=-1", "hydra.launcher.timeout_s=-1"),
                          ("hydra.launcher.stall_timeout_s=0", "hydra.launcher.stall_timeout_s=0"),
                          ("hydra.launcher.kill_grace_s=-5", "hydra.launcher.kill_grace_s=-5")]:
-        out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "debug=tiny", "seed=0,1", arg,
-                              f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=120)
+        with adopting_orphans():
+            before = {p.pid for p in psutil.Process().children()}
+            out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "debug=tiny", "seed=0,1", arg,
+                                  f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=120)
+            ended = []  # how what the command left (its job server, its resource tracker) ended
+            for child in psutil.Process().children():
+                if child.pid not in before:
+                    with contextlib.suppress(ChildProcessError):
+                        ended.append(os.waitpid(child.pid, 0)[1])
         assert out.returncode == 2 and out.stderr.strip().splitlines() == [
             next(line for line in out.stderr.splitlines() if line.startswith("hexsweep: error: "))]
         assert message in out.stderr and "is invalid: allowed" in out.stderr
         assert not list((tmp_path / "multirun").glob("*/*/0"))  # no job started
+        # the server, by the driver at its exit; unended, it exits by itself once its imports are done
+        assert [s for s in ended if os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGTERM], ended
 
 
 def test_a_job_whose_process_still_runs_is_never_started_again(tmp_path):

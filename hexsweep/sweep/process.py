@@ -18,6 +18,7 @@ start, the app's script is imported again in the job (as ``__mp_main__``): its
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import multiprocessing
@@ -94,7 +95,23 @@ def context(preload: list[str]) -> Any:
                 else:
                     os.environ[k] = v
         _context = ctx
+        atexit.register(_stop_server)
     return _context
+
+
+def _stop_server() -> None:
+    """At the driver's exit, SIGTERM to the job server. A server still importing its preload (a
+    sweep refused before its first job: a bad value, a busy folder) notices its driver gone only
+    once the imports end, and burnt seconds of CPU after the command had exited. The driver has
+    waited for its jobs by then; a job still running dies with the server (its parent-death
+    signal), as when the driver is killed."""
+    from multiprocessing import forkserver
+
+    # multiprocessing keeps the server's pid in a private attribute: no public accessor
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def start_server_early(argv: list[str], preload: tuple[str, ...]) -> None:
