@@ -82,3 +82,10 @@ def test_an_old_file_without_a_version_and_a_nan_objective_read_as_before(tmp_pa
 def test_an_unknown_key_is_a_typo_not_a_new_field():
     with pytest.raises(AttributeError, match="no key 'objectve'"):
         finished().update(objectve=1.0)
+
+
+def test_a_sweep_where_no_job_recorded_a_host_says_unknown_not_this_machine(tmp_path):
+    job = tmp_path / "0"
+    job.mkdir()
+    (job / "result.json").write_text("[]")
+    assert aggregate([tmp_path])["host"].isna().all()

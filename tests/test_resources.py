@@ -336,3 +336,18 @@ def test_the_sampler_keeps_its_peaks_when_its_file_cannot_be_written(tmp_path, c
         assert sampler._thread.is_alive()
     assert sampler.samples >= 4 and sampler.peak_rss_mb > 0 and isinstance(sampler.write_error, OSError)
     assert sum("resource samples not written" in r.message for r in caplog.records) == 1
+
+
+def test_a_hand_edited_probe_file_is_skipped_row_by_row(tmp_path):
+    """probe/latest.json is read by every job's admission: rows that are not probe rows are skipped,
+    never a traceback at the job's start."""
+    sig = {"model": [32, 1, 4, False, "conv"], "board_size": 7, "batch_size": 512}
+    shape = {k: v for k, v in sig.items() if k != "batch_size"}
+    (tmp_path / "probe").mkdir()
+    good = {"batch_size": 512, "status": "ok", "peak_mem_mb": 100.0}
+    for rows, expected in [(["x", 3, None, {"batch_size": 512, "status": "ok", "peak_mem_mb": "big"}, good], 100.0),
+                           ("not a list", None)]:
+        (tmp_path / "probe" / "latest.json").write_text(json.dumps(
+            {"signature": shape, "device": "cpu", "batch_sizes": rows}))
+        need = admission.probed_need(tmp_path, sig, "cpu")
+        assert (need.ram_mb / admission.MARGIN if need else None) == expected

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +173,8 @@ def aggregate(sweep_dirs: list[Path]) -> pd.DataFrame:
     df = df.drop(columns=["_overrides"])
     for col, values in sorted(ov_columns.items()):
         df[col] = values
-    if "host" not in df:
-        df["host"] = socket.gethostname()
+    if "host" not in df:  # no job recorded one (none started): unknown, not the analysing machine's
+        df["host"] = None
     return df
 
 

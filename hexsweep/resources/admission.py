@@ -78,14 +78,19 @@ def probed_need(outputs: Path, signature: dict[str, Any], device_type: str) -> N
     if probe.get("signature") != shape or str(probe.get("device", "")).partition(":")[0] != device_type:
         return None
     on_gpu = device_type != "cpu"
-    for row in probe.get("batch_sizes", []):
-        if row.get("batch_size") == signature["batch_size"] and row.get("status") == "ok":
-            peak = row["peak_mem_mb"] * MARGIN
+    rows = probe.get("batch_sizes")
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict):
+            continue  # a hand-edited file: what is not a probe row is skipped
+        peak = row.get("peak_mem_mb")
+        if row.get("batch_size") == signature["batch_size"] and row.get("status") == "ok" \
+                and isinstance(peak, int | float) and not isinstance(peak, bool):
+            peak = peak * MARGIN
             return Need(None, peak, "from the probe") if on_gpu else Need(peak, None, "from the probe")
     return None
 
 
-def required(cfg: Any, finished: Iterable[dict[str, Any]] | None, signature: dict[str, Any],
+def required(cfg: Any, finished: Iterable[JobResult] | None, signature: dict[str, Any],
              device_type: str = "cpu") -> Need | None:
     """Configured, else learned from the finished jobs of this sweep, else from the last probe
     on the same kind of device (``device_type``: cuda, mps or cpu)."""
