@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,19 @@ class JobApp:
         return None
 
     def settle(self, cfg: DictConfig, job_dir: Path, death: tuple[str, str] | None,
-               force: bool = False) -> JobResult | None:
-        """After the job's process ended: its result in the job folder, writing it for a job
-        that could not (``death`` = (kind, how), kind a key of jobfolder.DEATH_STATUS);
-        ``force``: the driver's verdict (timeout, stall) replaces what the job wrote."""
+               force: bool = False) -> Any:
+        """After the job's process ended: the app's record of it (hexsweep.train's: the folder's
+        ``JobResult``), writing it for a job that could not (``death`` = (kind, how), kind a key of
+        jobfolder.DEATH_STATUS); ``force``: the driver's verdict (timeout, stall) replaces what the
+        job wrote. None: the app keeps no record (Hydra's semantics)."""
         return None
+
+    def status_of(self, record: Any) -> str:
+        """The status word of a record ``settle`` gave: a ``JobResult``'s, or an app's own
+        mapping's ``status`` (the driver shows it in the progress line and sweep.json)."""
+        if isinstance(record, JobResult):
+            return record.status
+        return str(record.get("status")) if isinstance(record, Mapping) else "failed"
 
     def value_of(self, record: Any) -> Any:
         """The objective a sweeper gets for a job whose task value the driver did not receive

@@ -245,7 +245,7 @@ class SweepDriver:
             record = JobResult(DEATH_STATUS.get(kind, FAILED) if death else FAILED,
                                error=JobError("OSError", f"cannot write its result: {e.strerror or e}"))
         if record is not None:
-            status = record.status
+            status = self.app.status_of(record)
         elif job.answer is not None and not job.force:
             status = COMPLETED if job.answer["status"] == "completed" else FAILED
         else:
