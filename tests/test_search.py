@@ -241,17 +241,16 @@ def test_trials_orphaned_by_a_dead_driver_are_failed_on_the_next_run(tmp_path, d
     assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED) and len(trials) == 2
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",  # heartbeats: Optuna's own
+                            "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_whose_driver_died_as_it_asked_fails_after_the_grace_period(tmp_path):
     """A driver killed between study.ask and naming itself on the trial leaves a RUNNING trial
     that never beat: Optuna's stale-trial check skips it, so it stayed RUNNING for ever."""
     import time
-    import warnings
 
     from hexsweep.search.lifecycle import fail_stale
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
     study.ask()  # its driver died here: no driver named, no heartbeat
     beating = study.ask()  # another program's live trial: it beats and names no driver
