@@ -281,7 +281,7 @@ def read_result(job_dir: str | os.PathLike) -> JobResult | None:
     try:
         result = JobResult.from_dict(data)
     except ResultFormatError as e:
-        return _corrupt(f"{RESULT_FILE} has {e}")
+        return _corrupt(f"{RESULT_FILE} is not a job result: {e}")
     if result.status == RUNNING and not _alive(result):
         result.status = CRASHED
         result.error = result.error or JobError("Crashed", "the job's process died")
