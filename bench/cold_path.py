@@ -27,7 +27,6 @@ hexsweep (``git worktree add --detach DIR <commit>``) whose commands run in the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 
 from aggregate_scale import make_jobs
 from common import hexsweep_cmd, run_timed
+
+from hexsweep.jobfolder import RESULT_FILE, read_result
 
 PY = sys.executable
 TINY = ("debug=tiny", "strength.games=0", "hydra.launcher.progress=off")
@@ -99,7 +100,8 @@ def time_to_file(cmd: list[str], path_glob: str, root: Path, timeout_s: float = 
 
 
 def job_seconds(sweep: Path) -> list[float]:
-    return [json.loads(p.read_text())["wall_time_s"] for p in sorted(sweep.rglob("result.json"))]
+    return [r.wall_time_s for p in sorted(sweep.rglob(RESULT_FILE))
+            if (r := read_result(p.parent)) is not None and r.wall_time_s is not None]
 
 
 def main() -> None:
