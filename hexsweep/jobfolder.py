@@ -77,16 +77,6 @@ class Objective:
     value: float
 
 
-# result.json's keys and what each holds; a reader that meets another type gets a corrupt result
-_DICTS = ("job", "config", "signature", "env", "data", "model", "optuna", "tracking", "best", "final", "strength")
-_NUMBERS = ("pid_started", "slot_acquired_at", "waited_s", "wall_time_s", "peak_rss_mb", "peak_gpu_mem_mb",
-            "peak_gpu_used_mb")
-_INTS = ("pid", "batch_size", "oom_batch_size", "num_threads", "resumed_from_epoch", "resumed_from_step",
-         "best_epoch", "epochs_run", "pruned_at_epoch")
-_STRS = ("host", "started_at", "finished_at", "experiment", "device", "slot")
-_BOOLS = ("multirun", "retried", "stopped_early", "restored_best")
-
-
 @dataclass
 class JobResult:
     """result.json, typed: the one record of how a job went. Written at the job's start
@@ -198,13 +188,17 @@ class ResultFormatError(ValueError):
     """result.json holds a value of the wrong type (a damaged or foreign file)."""
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _typed(key: str, value: Any, kind: type) -> Any:
     names = ["value"] if kind is Objective else [f.name for f in fields(kind)]  # what must be there
     if not isinstance(value, dict) or not set(names) <= set(value):
         raise ResultFormatError(f"{key} is not an object with {', '.join(names)}")
     if kind is Objective:
         number = value["value"]
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+        if number is not None and not _is_number(number):
             raise ResultFormatError(f"objective.value is a {type(number).__name__}, not a number")
         metric, direction = value.get("metric"), value.get("direction")
         return Objective(None if metric is None else str(metric), None if direction is None else str(direction),
@@ -212,22 +206,25 @@ def _typed(key: str, value: Any, kind: type) -> Any:
     return kind(**{n: str(value[n]) for n in names})
 
 
+# what each plain field's annotation admits, and how a message names it
+_CHECKS = {
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "float": (_is_number, "a number"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "a boolean"),
+    "list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+}
+# each field's kind, read from JobResult's own annotations ("int | None" -> int), so the
+# dataclass is the one list of result.json's keys and their types
+_KIND = {f.name: str(f.type).split("|")[0].split("[")[0].strip() for f in fields(JobResult)}
+
+
 def _checked(key: str, value: Any) -> Any:
-    ok = {
-        "dict": isinstance(value, dict),
-        "number": isinstance(value, int | float) and not isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "list": isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }
-    kind = ("dict" if key in _DICTS else "number" if key in _NUMBERS else "int" if key in _INTS
-            else "str" if key in _STRS else "bool" if key in _BOOLS else "list")
-    if not ok[kind]:
-        wanted = {"dict": "an object", "number": "a number", "int": "an integer", "str": "a string",
-                  "bool": "a boolean", "list": "a list of strings"}[kind]
+    accepts, wanted = _CHECKS[_KIND[key]]
+    if not accepts(value):
         raise ResultFormatError(f"{key} is a {type(value).__name__}, not {wanted}")
-    return float(value) if kind == "number" else value
+    return float(value) if _KIND[key] == "float" else value
 
 
 class JobFolder:
