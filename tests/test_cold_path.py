@@ -193,3 +193,20 @@ def test_sweep_driver_modules_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_job_inherits_the_job_servers_heap_frozen(hydra_sweep_runner, tmp_path):
+    """The job server freezes what it imported before it forks (sweep/frozen.py): a job's garbage
+    collections never walk, and so never copy, the inherited heap."""
+    import gc
+
+    def task(cfg):
+        return gc.get_freeze_count()
+
+    with hydra_sweep_runner(calling_file=None, calling_module="hydra.test_utils.a_module", task_function=task,
+                            config_path="configs", config_name="compose.yaml",
+                            overrides=["hydra/launcher=hexsweep", "hydra.launcher.progress=off", "+a=1,2"],
+                            temp_dir=str(tmp_path)) as sweep:
+        frozen = [r.return_value for r in sweep.returns[0]]
+    # the server imported at least Hydra and its plugins: tens of thousands of objects
+    assert all(n > 10_000 for n in frozen), frozen

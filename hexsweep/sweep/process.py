@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 
 PR_SET_PDEATHSIG = 1
+FROZEN = "hexsweep.sweep.frozen"
 JOB_PROCESS_ENV = "HEXSWEEP_JOB_PROCESS"
 
 _context: Any = None
@@ -72,7 +73,8 @@ def context(preload: list[str]) -> Any:
     global _context
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(preload)
+        # last: freeze the server's heap once everything is imported (sweep/frozen.py)
+        ctx.set_forkserver_preload([*(m for m in preload if m != FROZEN), FROZEN])
         from multiprocessing import forkserver
 
         # OpenBLAS (numpy's, scipy's) starts its worker threads when it loads: in the server it
