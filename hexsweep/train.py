@@ -32,6 +32,7 @@ from hexsweep.config import check_name, register_schema, validate
 from hexsweep.errors import HexsweepError
 from hexsweep.jobfolder import INTERRUPTED, completed_result
 from hexsweep.naming import register_resolvers
+from hexsweep.report.end import PLOTS_KEY, check_plots
 from hexsweep.sweep.apps import job_app
 from hexsweep.sweep.compose import shared_config_store
 from hexsweep.sweep.train_app import TRAIN_APP
@@ -86,14 +87,17 @@ def main(cfg: DictConfig) -> float:
 def precheck_argv(argv: list[str]) -> None:
     """Fail fast, in one line, on what Hydra would otherwise meet with a traceback before any
     hexsweep code runs: a bad override of a single run, a job name that would put Hydra's log
-    file outside the outputs root, an outputs root that cannot be written."""
+    file outside the outputs root, an outputs root that cannot be written, the report's plots
+    setting (Hydra instantiates the report's callback before any hexsweep check)."""
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.lstrip("+") == "hydra.job.name":
-            try:
+        try:
+            if key.lstrip("+") == "hydra.job.name":
                 check_name("hydra.job.name", value)
-            except HexsweepError as e:
-                fail(str(e))
+            elif key.lstrip("+") == PLOTS_KEY:
+                check_plots(value)
+        except HexsweepError as e:
+            fail(str(e))
     outputs = next((a.partition("=")[2] for a in reversed(argv) if a.lstrip("+").startswith("paths.outputs=")),
                    "outputs")
     informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion"}

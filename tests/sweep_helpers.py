@@ -15,8 +15,10 @@ import psutil
 # 3 training steps an epoch, not the tiny split's 14: a sweep test checks what the machinery does
 # with its jobs (statuses, reports, resumes, epochs reported and pruned), which a whole epoch does
 # not change; a test that needs whole epochs (a window of training, a disk to fill) says null.
+# Plots before the last line (``wait``), as the tests that look at them expect; the default
+# (``background``, after it) has tests of its own (test_report_plots.py).
 BASE = ["debug=tiny", "trainer.progress=off", "strength.games=2", "hydra.launcher.progress=off",
-        "trainer.max_steps_per_epoch=3"]
+        "trainer.max_steps_per_epoch=3", "hydra.callbacks.sweep_report.plots=wait"]
 
 
 def sweep_cmd(outputs: Path, data: Path, *overrides: str) -> list[str]:

@@ -224,7 +224,7 @@ class RaceSearch:
                   f"hydra.sweep.dir={sweep_dir} to continue it", file=sys.stderr)
             raise SweepInterrupted("interrupted")
         if (why := self._nothing_completed(race)) is not None:
-            self.app.report(sweep_dir, interrupted=True)  # Hydra's post-sweep callback will not run
+            self.app.report(sweep_dir, interrupted=True, config=self.config)  # Hydra's post-sweep callback will not run
             raise RaceStopped(why)
         print(f"[hexsweep] race: {verdict['text']} ({race.summary()['jobs_run']} jobs; a full grid: "
               f"{len(race.configs) * race.max_seeds}); {sweep_dir / 'race.md'}", file=sys.stderr)

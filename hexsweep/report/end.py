@@ -2,15 +2,47 @@
 
 Shared by Hydra's end-of-sweep callback (``sweep/callbacks.py``), the launcher's report on
 interrupt (the app's ``report``) and ``python -m hexsweep.analyze`` (``failure_line``).
+
+The plots come last, and by default after the sweep's last line: a process of their own
+(``python -m hexsweep.report.draw``) draws them and writes report.md again with them, so that
+neither the last line nor the exit status waits for figures nobody has asked to see yet. It
+records how it went in ``plots.json`` (drawing, done, failed with the error, superseded) and
+its output in ``plots.log``; a failure is also written where the plots would be in report.md.
+``hydra.callbacks.sweep_report.plots=wait`` draws them before the last line, ``off`` never.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hexsweep.errors import HexsweepError
+from hexsweep.atomic import atomic_write_json
+from hexsweep.errors import ConfigError, HexsweepError
+
+PLOTS = ("background", "wait", "off")
+PLOTS_JSON = "plots.json"  # how the background drawing went: {"state": drawing|done|failed|superseded, ...}
+PLOTS_LOG = "plots.log"  # what it printed
+PLOTS_KEY = "hydra.callbacks.sweep_report.plots"
+_drawers: list[subprocess.Popen] = []  # kept: a Popen collected while its process runs warns
+
+
+def check_plots(value: Any) -> str:
+    if value not in PLOTS:
+        raise ConfigError(f"{PLOTS_KEY}={value!r} is invalid: allowed background (drawn after the sweep's "
+                          "last line), wait (before it) or off")
+    return value
+
+
+def plots_of(config: Any) -> str:
+    """The plots setting of the sweep's report callback in ``config`` (background without one)."""
+    callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
+    for c in callbacks.values():
+        if str(c.get("_target_", "")).endswith(".SweepReport"):
+            return check_plots(c.get("plots", "background"))
+    return "background"
 
 
 class ReportNotWritten(HexsweepError):
@@ -27,8 +59,9 @@ def failure_line(summary: dict[str, Any]) -> str | None:
     return f"{len(failed)} of {summary['total']} jobs failed: {shown}{more}"
 
 
-def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
-    """Write the sweep's table and report, print its last line; returns the report's summary."""
+def report_sweep(sweep_dir: Path, interrupted: bool = False, plots: str = "wait") -> dict[str, Any]:
+    """Write the sweep's table and report, print its last line; returns the report's summary.
+    ``plots``: see the module's note."""
     # pandas and the report, only when a report is written: Hydra instantiates the callback in
     # every job too, and pandas starts a thread (jemalloc's) that the job server must not have
     from hexsweep.report.aggregate import OK, aggregate
@@ -36,7 +69,8 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
 
     df = aggregate([sweep_dir])
     try:
-        summary = write_report(df, sweep_dir, [sweep_dir])
+        summary = write_report(df, sweep_dir, [sweep_dir], plots=plots)
+        drawing = plots == "background" and start_drawing(sweep_dir, summary)
     except OSError as e:
         raise ReportNotWritten(f"cannot write the sweep's report in {sweep_dir}: {e.strerror or e}; "
                                f"its jobs' folders are intact: python -m hexsweep.analyze {sweep_dir} "
@@ -49,14 +83,42 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False) -> dict[str, Any]:
         print(f"[hexsweep] warning: {summary['provenance_warning']}", file=sys.stderr, flush=True)
     pruned = summary["by_status"].get("pruned", 0)  # a pruned trial ended as planned, but did not complete
     how = f"ended ({ok - pruned} completed, {pruned} pruned)" if pruned else "completed"
+    later = {"wait": "", "off": " (plots off)"}.get(plots, f" (its plots are being drawn in the background: "
+                                                              f"{sweep_dir / PLOTS_JSON})" if drawing else "")
     print(f"[hexsweep] {ok} of {summary['total']} jobs {how}{best_text}\n"
-          f"[hexsweep] report: {sweep_dir / 'report.md'}", file=sys.stderr, flush=True)
+          f"[hexsweep] report: {sweep_dir / 'report.md'}{later}", file=sys.stderr, flush=True)
     if (line := failure_line(summary)) and not interrupted:
         print(f"hexsweep: {line}", file=sys.stderr, flush=True)
     return summary
 
 
-def end_sweep(sweep_dir: Path, search: bool) -> int:
+def start_drawing(out_dir: Path, summary: dict[str, Any], max_curves: int = 200) -> bool:
+    """Start the process that draws the report's plots (``python -m hexsweep.report.draw``): in a
+    session of its own, so that a Ctrl-C meant for the next command does not reach it, with no
+    pipe of ours (a caller reading our output to its end does not wait for it). If it cannot
+    start, the plots are drawn here; returns whether they are drawn in the background."""
+    atomic_write_json(out_dir / PLOTS_JSON, {"state": "drawing", "report_id": summary["report_id"],
+                                             "started": datetime.now(UTC).isoformat(timespec="seconds")})
+    try:
+        with open(out_dir / PLOTS_LOG, "wb") as log:
+            _drawers.append(subprocess.Popen(
+                [sys.executable, "-m", "hexsweep.report.draw", str(out_dir), summary["report_id"],
+                 "--max-curves", str(max_curves)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        return True
+    except OSError as e:  # no process to spare (fork refused): draw them now
+        import pandas as pd
+
+        from hexsweep.report.files import draw_plots, write_pages
+
+        df = pd.read_parquet(out_dir / "results.parquet")
+        write_pages(df, summary, draw_plots(df, summary, max_curves), max_curves)
+        atomic_write_json(out_dir / PLOTS_JSON, {"state": "done", "report_id": summary["report_id"],
+                                                 "note": f"drawn by the sweep: no process ({e.strerror or e})"})
+        return False
+
+
+def end_sweep(sweep_dir: Path, search: bool, plots: str = "wait") -> int:
     """The report after a finished sweep, and the sweep's exit status.
 
     A list sweep with a failed job exits 1. A search's failed trials are data
@@ -64,7 +126,7 @@ def end_sweep(sweep_dir: Path, search: bool) -> int:
     be written is the process's last word: one line, exit 1.
     """
     try:
-        summary = report_sweep(sweep_dir, interrupted=search)
+        summary = report_sweep(sweep_dir, interrupted=search, plots=plots)
     except ReportNotWritten as e:
         print(f"hexsweep: error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import textwrap
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -396,9 +397,11 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     return out.fillna("")
 
 
-def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_curves: int = 200
-                 ) -> dict[str, Any]:
-    """Write every artefact into ``out_dir``; returns the summary."""
+def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_curves: int = 200,
+                 plots: str = "wait") -> dict[str, Any]:
+    """Write every artefact into ``out_dir``; returns the summary. ``plots``: ``wait`` draws the
+    plots here; ``background`` and ``off`` leave them out of report.md, saying so (the caller
+    starts their drawing, report/draw.py); the table, summary and report come first either way."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df, direction = ranked(df)
     atomic_write(out_dir / "results.csv", lambda f: df.to_csv(f, index=False))
@@ -409,24 +412,61 @@ def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_cu
     summary["out_dir"] = str(out_dir)
     summary["provenance_warning"] = provenance_warning(df)
     summary["tournaments"] = load_tournaments(sweep_dirs)
-    metric = summary["objective_metric"] or "val_objective"
-    curve_metric = metric if str(metric).startswith("val_") else "val_objective"
-    top = best_jobs(ok)
-    summary["detail"] = detail_rows(top)
+    summary["detail"] = detail_rows(best_jobs(ok))
+    # which report this is: a background drawing of its plots rewrites report.md only while no newer
+    # report (a resumed sweep's, analyze's) has replaced this one (report/draw.py)
+    summary["report_id"] = uuid.uuid4().hex
     atomic_write_json(out_dir / "summary.json", summary)
+    made = draw_plots(df, summary, max_curves, table) if plots == "wait" else {}
+    write_pages(df, summary, made, max_curves, plot_note(plots, out_dir))
+    return summary
+
+
+def plot_note(plots: str, folder: Path, error: str | None = None) -> str | None:
+    """What report.md says where its plots would be: None when they are drawn (``wait``)."""
+    redraw = f"Draw them with `python -m hexsweep.analyze {folder}`."
+    if error is not None:
+        return f"Could not be drawn: {error} (the traceback: {folder / 'plots.log'}). {redraw}"
+    return {"wait": None,
+            "background": f"Being drawn in the background; this page is written again with them when they are "
+                          f"done ({folder / 'plots.json'} says how it went). {redraw}",
+            "off": f"Not drawn (`hydra.callbacks.sweep_report.plots=off`). {redraw}"}[plots]
+
+
+def draw_plots(df: pd.DataFrame, summary: dict[str, Any], max_curves: int,
+               table: pd.DataFrame | None = None) -> dict[str, bool]:
+    """Draw the report's PNGs into the summary's folder from the ranked table ``df``; which were
+    drawn (a plot with nothing to show is not)."""
+    out_dir = out_dir_of(summary)
+    ok = df[df["status"].isin(OK)] if not df.empty else df
+    if table is None:
+        table = group_stats(ok, summary["direction"])
+    metric = summary["objective_metric"] or "val_objective"
+    top = best_jobs(ok)
     labels = {row.job_dir: f"{row.job_num}: {row.label}" for row in top.itertuples()}
-    top_curves = load_curves(top)
-    plots = {
-        "curves.png": plot_curves(df, load_curves(best_jobs(ok, max_curves)), curve_metric, out_dir / "curves.png"),
-        "by_experiment.png": plot_groups(ok, metric, out_dir / "by_experiment.png", direction, table),
+    return {
+        "curves.png": plot_curves(df, load_curves(best_jobs(ok, max_curves)), curve_metric_of(summary),
+                                  out_dir / "curves.png"),
+        "by_experiment.png": plot_groups(ok, metric, out_dir / "by_experiment.png", summary["direction"], table),
         "accuracy_vs_value_loss.png": plot_tradeoff(ok, out_dir / "accuracy_vs_value_loss.png"),
         "calibration.png": plot_calibration(load_best_rows(list(top["job_dir"])) if not top.empty else {}, labels,
                                             out_dir / "calibration.png"),
-        "policy.png": plot_policy(top_curves, labels, out_dir / "policy.png"),
+        "policy.png": plot_policy(load_curves(top), labels, out_dir / "policy.png"),
     }
-    atomic_write_text(out_dir / "report.md", markdown(df, summary, plots, curve_metric, max_curves))
-    atomic_write_text(out_dir / "report.html", to_html(df, summary, plots))
-    return summary
+
+
+def curve_metric_of(summary: dict[str, Any]) -> str:
+    metric = summary["objective_metric"] or "val_objective"
+    return metric if str(metric).startswith("val_") else "val_objective"
+
+
+def write_pages(df: pd.DataFrame, summary: dict[str, Any], plots: dict[str, bool], max_curves: int,
+                note: str | None = None) -> None:
+    """report.md and report.html, with the plots drawn, or ``note`` saying why there are none."""
+    out_dir = out_dir_of(summary)
+    atomic_write_text(out_dir / "report.md", markdown(df, summary, plots, curve_metric_of(summary), max_curves,
+                                                      note))
+    atomic_write_text(out_dir / "report.html", to_html(df, summary, plots, note))
 
 
 def best_jobs(ok: pd.DataFrame, k: int = BEST_SHOWN) -> pd.DataFrame:
@@ -576,7 +616,7 @@ def tournament_text(t: dict[str, Any]) -> str:
 
 
 def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_metric: str,
-             max_curves: int) -> str:
+             max_curves: int, plot_note: str | None = None) -> str:
     lines = ["# Sweep report", "", f"Sweep folder(s): {', '.join(s['sweeps'])}  ",
              f"Generated {s['generated_at']}; objective `{s['objective_metric']}` ({s['direction']}).", ""]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s["by_status"].items()))
@@ -612,6 +652,8 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
                 "policy.png": "policy top-1/3/5 accuracy and entropy per epoch, best jobs"}
     lines += ["## Plots", ""]
     lines += [f"![{captions[name]}]({name})" for name, made in plots.items() if made]
+    if plot_note:
+        lines.append(plot_note)
     return "\n".join(lines) + "\n"
 
 
@@ -629,12 +671,14 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def to_html(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool]) -> str:
+def to_html(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], plot_note: str | None = None) -> str:
     best = s["best"]
     best_line = (f"<p><b>Best job</b>: {best['job_num']} <code>{html.escape(str(best['label']))}</code>: "
                  f"{best['objective']:.4f}</p>" if best else "")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s["by_status"].items()))
     imgs = "".join(f'<img src="{n}" style="max-width:48%">' for n, made in plots.items() if made)
+    if plot_note:
+        imgs += f"<p><b>Plots</b>: {html.escape(plot_note)}</p>"
     groups = ""
     if s["groups"]:
         table = pd.DataFrame([{"configuration": name, "n": g["n"], "mean": _num(g["mean"]),

@@ -489,7 +489,7 @@ class OptunaSearch:
                   + ("; the paused trials then fail as orphaned" if held else ""), file=sys.stderr)
             raise SweepInterrupted("interrupted")
         if stopped:  # Hydra's post-sweep callback will not run: report here
-            self.app.report(sweep_dir, interrupted=True)
+            self.app.report(sweep_dir, interrupted=True, config=self.config)
             raise SearchStopped(stopped)
         if (why := nothing_completed(study, first_trial, continued)) is not None:
             raise SearchStopped(why)

@@ -117,8 +117,9 @@ class JobApp:
         (``record``: what ``done_before`` or ``settle`` gave)."""
         return None
 
-    def report(self, sweep_dir: Path, interrupted: bool) -> None:
-        """The end-of-sweep table and report, when Hydra's post-sweep callback will not run."""
+    def report(self, sweep_dir: Path, interrupted: bool, config: Any = None) -> None:
+        """The end-of-sweep table and report, when Hydra's post-sweep callback will not run;
+        ``config``: the sweep's (its report settings)."""
 
     # ---- the runner ----------------------------------------------------------------------
     def job_threads(self, n_jobs: int) -> int | None:

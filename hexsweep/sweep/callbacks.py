@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from hexsweep import tracking
 from hexsweep.cli import skip_exit_collection
 from hexsweep.jobfolder import RESULT_FILE, read_result
-from hexsweep.report.end import end_sweep
+from hexsweep.report.end import check_plots, end_sweep
 from hexsweep.sweep import stopping
 from hexsweep.sweep.ray_options import fix_stock_ray_init
 
@@ -42,6 +42,10 @@ class SweepReport(Callback):
     without ``on_multirun_end`` (interrupted, a job config refused) ends it at exit."""
 
     _pending: tuple[DictConfig, Path, int] | None = None
+
+    def __init__(self, plots: str = "background") -> None:
+        # background: the plots are drawn after the sweep's last line; wait: before it; off: never
+        self.plots = check_plots(plots)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         skip_exit_collection()  # a single run's process: it exits when the job ends
@@ -72,5 +76,5 @@ class SweepReport(Callback):
             # a search's (Optuna's, a race's) failed jobs are data: its sweeper decides how it ends
             target = str(config.hydra.sweeper.get("_target_", ""))
             search = "hexsweep_optuna" in target or "hexsweep_race" in target
-            if status := end_sweep(sweep_dir, search=search):
+            if status := end_sweep(sweep_dir, search=search, plots=self.plots):
                 raise SystemExit(status)

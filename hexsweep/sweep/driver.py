@@ -303,7 +303,7 @@ class SweepDriver:
                     self._interrupt(on_done)
             if self.stopping:
                 try:
-                    self.app.report(self.sweep_dir, interrupted=True)
+                    self.app.report(self.sweep_dir, interrupted=True, config=self.launcher.config)
                 except KeyboardInterrupt:
                     print("[hexsweep] report skipped (interrupted again)", file=sys.stderr, flush=True)
                 print(f"[hexsweep] resume with: hydra.sweep.dir={self.sweep_dir} resume=true", file=sys.stderr,

@@ -76,13 +76,13 @@ class TrainApp(JobApp):
     def value_of(self, record: JobResult | None) -> Any:
         return record.value if record is not None and record.ok else math.nan
 
-    def report(self, sweep_dir: Path, interrupted: bool) -> None:
+    def report(self, sweep_dir: Path, interrupted: bool, config: Any = None) -> None:
         import sys
 
-        from hexsweep.report.end import ReportNotWritten, report_sweep
+        from hexsweep.report.end import ReportNotWritten, plots_of, report_sweep
 
         try:
-            report_sweep(sweep_dir, interrupted=interrupted)
+            report_sweep(sweep_dir, interrupted=interrupted, plots=plots_of(config))
         except ReportNotWritten as e:  # interrupted anyway: say it, and let the interruption end the sweep
             print(f"hexsweep: error: {e}", file=sys.stderr)
 

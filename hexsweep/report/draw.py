@@ -1,0 +1,90 @@
+"""``python -m hexsweep.report.draw FOLDER REPORT_ID``: draw a written report's plots, then write
+its report.md and report.html again with them.
+
+Started by the end of a sweep (``report/end.py``, ``start_drawing``), after the sweep's table,
+summary and report are written, in a process of its own so that the sweep's last line does
+not wait for them. It draws from that report's own table (``results.parquet``) and summary,
+and leaves everything alone once a newer report has replaced the one it was started for (a
+resumed sweep's, ``analyze``'s: ``report_id`` in summary.json). How it went is in
+``plots.json``; a failure is also written in report.md, where the plots would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hexsweep.atomic import atomic_write_json
+from hexsweep.report.end import PLOTS_JSON
+
+
+def _summary(folder: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _status(folder: Path, report_id: str, state: str, **more: Any) -> None:
+    with contextlib.suppress(OSError):  # a full disk: plots.log still holds what happened
+        atomic_write_json(folder / PLOTS_JSON, {"state": state, "report_id": report_id, "pid": os.getpid(),
+                                                "at": datetime.now(UTC).isoformat(timespec="seconds"), **more})
+
+
+def draw(folder: Path, report_id: str, max_curves: int) -> int:
+    """Draw and rewrite the pages; the exit status (0 also when superseded)."""
+    import pandas as pd
+
+    from hexsweep.report.files import draw_plots, plot_note, write_pages
+
+    summary = _summary(folder)
+    if summary is None or summary.get("report_id") != report_id:
+        print(f"the report in {folder} is no longer the one these plots were for: nothing drawn", flush=True)
+        _status(folder, report_id, "superseded")
+        return 0
+    _status(folder, report_id, "drawing")
+    df = None
+    try:
+        df = pd.read_parquet(folder / "results.parquet")
+        made = draw_plots(df, summary, max_curves)
+        if (_summary(folder) or {}).get("report_id") != report_id:  # replaced while we drew
+            _status(folder, report_id, "superseded")
+            return 0
+        write_pages(df, summary, made, max_curves)
+    except Exception as e:  # whatever it is, it is said where the plots would be, and in plots.json
+        traceback.print_exc()
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+        _status(folder, report_id, "failed", error=error)
+        if df is not None and (_summary(folder) or {}).get("report_id") == report_id:
+            with contextlib.suppress(Exception):
+                write_pages(df, summary, {}, max_curves, plot_note("background", folder, error))
+        return 1
+    _status(folder, report_id, "done", plots=sorted(name for name, was_made in made.items() if was_made))
+    print(f"plots drawn: {', '.join(n for n, was_made in made.items() if was_made) or 'none to draw'}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hexsweep.report.draw", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("report_id")
+    parser.add_argument("--max-curves", type=int, default=200)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(OSError):
+        os.nice(10)  # background work: the user's next command comes first
+    return draw(args.folder.resolve(), args.report_id, args.max_curves)
+
+
+if __name__ == "__main__":
+    from hexsweep.cli import skip_exit_collection
+
+    skip_exit_collection()
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The sweep's plots after its last line (issue 24): drawn by a process of their own, which says
+how it went (plots.json, report.md) and never overwrites a newer report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import matplotlib.image as mpimg
+import pytest
+from sweep_helpers import run_sweep, sweep_dirs
+from test_aggregate import make_sweep
+
+from hexsweep.report import draw
+from hexsweep.report import end as report_end
+from hexsweep.report.aggregate import aggregate
+from hexsweep.report.files import write_report
+
+KEY = "hydra.callbacks.sweep_report.plots"
+
+
+@pytest.fixture
+def data(data_root, tiny_dataset):
+    return data_root
+
+
+def plots_state(folder, timeout=120.0) -> dict:
+    """plots.json once the drawing has ended (done, failed or superseded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((folder / "plots.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("state") in ("done", "failed", "superseded"):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"the plots of {folder} were not drawn in {timeout} s: {state}")
+
+
+@pytest.mark.slow
+def test_a_sweeps_plots_come_after_its_last_line_and_then_join_its_report(tmp_path, data):
+    out = run_sweep(tmp_path, data, "seed=0,1", "trainer.epochs=2", f"{KEY}=background")
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"[hexsweep] report: {sweep / 'report.md'} (its plots are being drawn in the background: " \
+                   f"{sweep / 'plots.json'})"
+    state = plots_state(sweep)
+    assert state["state"] == "done", (sweep / "plots.log").read_text()
+    assert {"curves.png", "by_experiment.png", "accuracy_vs_value_loss.png"} <= set(state["plots"])
+    report = (sweep / "report.md").read_text()
+    assert "![policy accuracy vs value loss](accuracy_vs_value_loss.png)" in report
+    assert "Being drawn" not in report and "## All jobs" in report
+    assert "accuracy_vs_value_loss.png" in (sweep / "report.html").read_text()
+    for png in state["plots"]:
+        assert mpimg.imread(sweep / png).std() > 0
+
+
+@pytest.mark.slow
+def test_plots_off_and_wait(tmp_path, data):
+    out = run_sweep(tmp_path / "off", data, "seed=0", "trainer.epochs=1", f"{KEY}=off")
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path / "off")[0]
+    assert out.stderr.strip().endswith("report.md (plots off)")
+    assert not list(sweep.glob("*.png")) and not (sweep / "plots.json").exists()
+    assert f"Not drawn (`{KEY}=off`)" in (sweep / "report.md").read_text()
+    out = run_sweep(tmp_path / "wait", data, "seed=0", "trainer.epochs=1", f"{KEY}=wait")
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path / "wait")[0]
+    assert out.stderr.strip().endswith(f"[hexsweep] report: {sweep / 'report.md'}")
+    assert (sweep / "by_experiment.png").stat().st_size > 0  # drawn before the last line
+
+
+def test_a_bad_plots_value_is_one_line_before_anything_runs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "seed=0,1", f"{KEY}=later",
+                          f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"hexsweep: error: {KEY}='later' is invalid: allowed background (drawn after "
+                                  "the sweep's last line), wait (before it) or off")
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_drawing_that_fails_says_so_in_the_report_and_plots_json(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+    assert "Being drawn in the background" in (sweep / "report.md").read_text()
+    (sweep / "by_experiment.png").mkdir()  # the figure cannot be written: a folder holds its name
+    assert draw.draw(sweep, summary["report_id"], 200) == 1
+    state = json.loads((sweep / "plots.json").read_text())
+    assert state["state"] == "failed" and state["error"].startswith("IsADirectoryError")
+    report = (sweep / "report.md").read_text()
+    assert f"Could not be drawn: {state['error']} (the traceback: {sweep / 'plots.log'})" in report
+    assert f"python -m hexsweep.analyze {sweep}" in report and "## All jobs" in report
+    assert "Traceback" in capsys.readouterr().err  # what plots.log receives
+
+
+def test_a_drawing_for_a_replaced_report_leaves_the_newer_one_alone(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    old = write_report(aggregate([sweep]), sweep, [sweep], plots="background")["report_id"]
+    write_report(aggregate([sweep]), sweep, [sweep], plots="off")  # e.g. a resumed sweep's, since
+    before = (sweep / "report.md").read_text()
+    assert draw.draw(sweep, old, 200) == 0
+    assert json.loads((sweep / "plots.json").read_text())["state"] == "superseded"
+    assert (sweep / "report.md").read_text() == before and not list(sweep.glob("*.png"))
+
+
+def test_the_background_process_draws_and_rewrites_the_report(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+    assert report_end.start_drawing(sweep, summary)
+    state = plots_state(sweep)
+    assert state["state"] == "done" and "by_experiment.png" in state["plots"], (sweep / "plots.log").read_text()
+    assert "![objective per configuration" in (sweep / "report.md").read_text()
+    assert report_end._drawers[-1].wait(60) == 0
+
+
+def test_plots_are_drawn_in_the_sweep_when_no_process_can_start(tmp_path, monkeypatch):
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+
+    def refused(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(report_end.subprocess, "Popen", refused)
+    assert report_end.start_drawing(sweep, summary) is False
+    assert json.loads((sweep / "plots.json").read_text())["state"] == "done"
+    assert (sweep / "by_experiment.png").stat().st_size > 0
+    assert "![objective per configuration" in (sweep / "report.md").read_text()
