@@ -110,6 +110,50 @@ def task_config(cfg: DictConfig) -> DictConfig:
     return task
 
 
+class DriverJobReturn(JobReturn):
+    """Hydra's JobReturn for a job the driver ran, whose ``cfg`` (the task's config, as ``run_job``
+    hands it to the task) and ``hydra_cfg`` (the hydra node, with the job's output_dir) are deep
+    copies of the job's config made when first read. Hydra's sweepers and ours seldom read them
+    (a job's folder, under Ray), and the two copies were ~20-30 ms of the driver's serial work a
+    job, between one job's end and the next one's start. The job's config is not changed after
+    the job ends, so a late copy is the copy the driver would have made then."""
+
+    def __init__(self, source: DictConfig, job_dir: Path, **fields: Any) -> None:
+        self._copies: dict[str, Any] = {}
+        super().__init__(**fields)
+        self._copies = {}  # JobReturn's own __init__ set both to None: not a value of the job's
+        self._source, self._job_dir = source, job_dir
+
+    @property  # type: ignore[override]
+    def cfg(self) -> Any:
+        if "cfg" not in self._copies:
+            self._copies["cfg"] = task_config(self._source)
+        return self._copies["cfg"]
+
+    @cfg.setter
+    def cfg(self, value: Any) -> None:
+        self._copies["cfg"] = value
+
+    @property  # type: ignore[override]
+    def hydra_cfg(self) -> Any:
+        if "hydra_cfg" not in self._copies:
+            hydra_cfg = OmegaConf.masked_copy(self._source, "hydra")
+            with read_write(hydra_cfg), open_dict(hydra_cfg):
+                hydra_cfg.hydra.runtime.output_dir = str(self._job_dir)
+            self._copies["hydra_cfg"] = hydra_cfg
+        return self._copies["hydra_cfg"]
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Any) -> None:
+        self._copies["hydra_cfg"] = value
+
+    def __reduce__(self) -> Any:  # pickled (a sweeper's checkpoint, Ray) as Hydra's own JobReturn
+        ret = JobReturn(overrides=self.overrides, cfg=self.cfg, hydra_cfg=self.hydra_cfg,
+                        working_dir=self.working_dir, task_name=self.task_name, status=self.status)
+        ret._return_value = self._return_value
+        return ret.__reduce__()
+
+
 def prefetch(modules: Sequence[str]) -> threading.Thread | None:
     """Import ``modules`` in a background thread, now. The driver's first job waits for the job
     server's preload (torch, the training code: seconds of one core), and the driver sits idle
@@ -269,12 +313,9 @@ class SweepDriver:
                       death: tuple[str, str] | None) -> Outcome:
         # Hydra's JobReturn, as its run_job builds it in the job: the task's config, the hydra
         # node (composed in the driver; run_job adds only runtime.output_dir), working dir, name
-        hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
-        with read_write(hydra_cfg), open_dict(hydra_cfg):
-            hydra_cfg.hydra.runtime.output_dir = str(job_dir)
-        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg), hydra_cfg=hydra_cfg,
-                        working_dir=(answer or {}).get("working_dir") or str(job_dir),
-                        task_name=(answer or {}).get("task_name") or str(cfg.hydra.job.name))
+        ret = DriverJobReturn(cfg, job_dir, overrides=list(cfg.hydra.overrides.task),
+                              working_dir=(answer or {}).get("working_dir") or str(job_dir),
+                              task_name=(answer or {}).get("task_name") or str(cfg.hydra.job.name))
         if answer is not None:
             ret.status = JobStatus.COMPLETED if answer["status"] == "completed" else JobStatus.FAILED
             ret.return_value = answer["value"]
