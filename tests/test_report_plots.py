@@ -129,3 +129,31 @@ def test_plots_are_drawn_in_the_sweep_when_no_process_can_start(tmp_path, monkey
     assert json.loads((sweep / "plots.json").read_text())["state"] == "done"
     assert (sweep / "by_experiment.png").stat().st_size > 0
     assert "![objective per configuration" in (sweep / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_searchs_optuna_plots_are_drawn_in_the_background_from_its_storage(tmp_path, data):
+    out = run_sweep(tmp_path, data, "hydra/sweeper=hexsweep_optuna", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=s", "optim.lr=interval(1e-4,1e-2)",
+                    "trainer.epochs=2", f"{KEY}=background")
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    assert "being drawn in the background" in out.stderr.strip().splitlines()[-1]
+    state = plots_state(sweep)
+    assert state["state"] == "done" and "study_error" not in state, (sweep / "plots.log").read_text()
+    assert {"optuna_history.png", "by_experiment.png"} <= set(state["plots"])
+    assert "![optuna_history](optuna_history.png)" in (sweep / "report.md").read_text()
+    assert not (sweep / report_end.STUDY_PLOTS).exists()
+
+
+def test_a_study_whose_storage_is_unknown_is_said_and_the_reports_plots_still_drawn(tmp_path, monkeypatch):
+    from hexsweep.search.storage import STORAGE_ENV
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+    (sweep / report_end.STUDY_PLOTS).write_text(json.dumps({"study": "s"}))
+    assert draw.draw(sweep, summary["report_id"], 200) == 0
+    state = json.loads((sweep / "plots.json").read_text())
+    assert state["state"] == "done" and "by_experiment.png" in state["plots"]
+    assert state["study_error"] == f"RuntimeError: the storage of study 's' is unknown here ({STORAGE_ENV} is not set)"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hexsweep.atomic import atomic_write_json
-from hexsweep.report.end import PLOTS_JSON
+from hexsweep.report.end import PLOTS_JSON, STUDY_PLOTS
 
 
 def _summary(folder: Path) -> dict[str, Any] | None:
@@ -37,6 +37,26 @@ def _status(folder: Path, report_id: str, state: str, **more: Any) -> None:
     with contextlib.suppress(OSError):  # a full disk: plots.log still holds what happened
         atomic_write_json(folder / PLOTS_JSON, {"state": state, "report_id": report_id, "pid": os.getpid(),
                                                 "at": datetime.now(UTC).isoformat(timespec="seconds"), **more})
+
+
+def draw_study(folder: Path) -> list[str]:
+    """An Optuna search's plots (``STUDY_PLOTS``), from the study's storage; the files written."""
+    try:
+        name = json.loads((folder / STUDY_PLOTS).read_text())["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # not a search, or its plots were drawn by the search itself
+    import optuna
+
+    from hexsweep.report.study import study_plots
+    from hexsweep.search.storage import STORAGE_ENV, open_storage
+
+    spec = os.environ.get(STORAGE_ENV)
+    if not spec:
+        raise RuntimeError(f"the storage of study {name!r} is unknown here ({STORAGE_ENV} is not set)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    written = study_plots(optuna.load_study(study_name=name, storage=open_storage(spec, read_only=True)), folder)
+    (folder / STUDY_PLOTS).unlink(missing_ok=True)
+    return [p.name for p in written]
 
 
 def draw(folder: Path, report_id: str, max_curves: int) -> int:
@@ -55,6 +75,14 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
     try:
         df = pd.read_parquet(folder / "results.parquet")
         made = draw_plots(df, summary, max_curves)
+        study: list[str] = []
+        try:
+            study = draw_study(folder)
+        except Exception as e:  # Optuna's plots are a bonus: said in plots.json, the report's still shown
+            traceback.print_exc()
+            study_error = f"{type(e).__name__}: {e}".splitlines()[0]
+        else:
+            study_error = None
         if (_summary(folder) or {}).get("report_id") != report_id:  # replaced while we drew
             _status(folder, report_id, "superseded")
             return 0
@@ -67,8 +95,9 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
             with contextlib.suppress(Exception):
                 write_pages(df, summary, {}, max_curves, plot_note("background", folder, error))
         return 1
-    _status(folder, report_id, "done", plots=sorted(name for name, was_made in made.items() if was_made))
-    print(f"plots drawn: {', '.join(n for n, was_made in made.items() if was_made) or 'none to draw'}", flush=True)
+    drawn = sorted([name for name, was_made in made.items() if was_made] + study)
+    _status(folder, report_id, "done", plots=drawn, **({"study_error": study_error} if study_error else {}))
+    print(f"plots drawn: {', '.join(drawn) or 'none to draw'}", flush=True)
     return 0
 
 

@@ -5,7 +5,8 @@ interrupt (the app's ``report``) and ``python -m hexsweep.analyze`` (``failure_l
 
 The plots come last, and by default after the sweep's last line: a process of their own
 (``python -m hexsweep.report.draw``) draws them and writes report.md again with them, so that
-neither the last line nor the exit status waits for figures nobody has asked to see yet. It
+neither the last line nor the exit status waits for figures nobody has asked to see yet (an
+Optuna search's plots too, when its study is in a storage that process can open). It
 records how it went in ``plots.json`` (drawing, done, failed with the error, superseded) and
 its output in ``plots.log``; a failure is also written where the plots would be in report.md.
 ``hydra.callbacks.sweep_report.plots=wait`` draws them before the last line, ``off`` never.
@@ -26,6 +27,9 @@ PLOTS = ("background", "wait", "off")
 PLOTS_JSON = "plots.json"  # how the background drawing went: {"state": drawing|done|failed|superseded, ...}
 PLOTS_LOG = "plots.log"  # what it printed
 PLOTS_KEY = "hydra.callbacks.sweep_report.plots"
+# an Optuna search's own plots, left to the same process: {"study": name}; the storage comes as the
+# search's jobs get it (search/storage.py: STORAGE_ENV), never through a file
+STUDY_PLOTS = "study_plots.json"
 _drawers: list[subprocess.Popen] = []  # kept: a Popen collected while its process runs warns
 
 
@@ -37,12 +41,13 @@ def check_plots(value: Any) -> str:
 
 
 def plots_of(config: Any) -> str:
-    """The plots setting of the sweep's report callback in ``config`` (background without one)."""
+    """The plots setting of the sweep's report callback in ``config``; ``wait`` without one (nothing
+    would draw them later)."""
     callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
     for c in callbacks.values():
         if str(c.get("_target_", "")).endswith(".SweepReport"):
             return check_plots(c.get("plots", "background"))
-    return "background"
+    return "wait"
 
 
 class ReportNotWritten(HexsweepError):
