@@ -140,10 +140,10 @@ def test_a_searchs_optuna_plots_are_drawn_in_the_background_from_its_storage(tmp
     sweep = sweep_dirs(tmp_path)[0]
     assert "being drawn in the background" in out.stderr.strip().splitlines()[-1]
     state = plots_state(sweep)
-    assert state["state"] == "done" and "study_error" not in state, (sweep / "plots.log").read_text()
+    assert state["state"] == "done" and "errors" not in state, (sweep / "plots.log").read_text()
     assert {"optuna_history.png", "by_experiment.png"} <= set(state["plots"])
     assert "![optuna_history](optuna_history.png)" in (sweep / "report.md").read_text()
-    assert not (sweep / report_end.STUDY_PLOTS).exists()
+    assert not (sweep / report_end.PENDING_PLOTS).exists()
 
 
 def test_a_study_whose_storage_is_unknown_is_said_and_the_reports_plots_still_drawn(tmp_path, monkeypatch):
@@ -152,8 +152,21 @@ def test_a_study_whose_storage_is_unknown_is_said_and_the_reports_plots_still_dr
     monkeypatch.delenv(STORAGE_ENV, raising=False)
     sweep = make_sweep(tmp_path / "sweep")
     summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
-    (sweep / report_end.STUDY_PLOTS).write_text(json.dumps({"study": "s"}))
+    (sweep / report_end.PENDING_PLOTS).write_text(json.dumps({"optuna_study": "s"}))
     assert draw.draw(sweep, summary["report_id"], 200) == 0
     state = json.loads((sweep / "plots.json").read_text())
     assert state["state"] == "done" and "by_experiment.png" in state["plots"]
-    assert state["study_error"] == f"RuntimeError: the storage of study 's' is unknown here ({STORAGE_ENV} is not set)"
+    assert state["errors"]["optuna_study"] == \
+        f"RuntimeError: the storage of study 's' is unknown here ({STORAGE_ENV} is not set)"
+
+
+@pytest.mark.slow
+def test_a_races_plot_is_drawn_in_the_background_and_joins_race_md(tmp_path, data):
+    out = run_sweep(tmp_path, data, "search=race", "optim.lr=0.001,0.1",
+                    "hydra.sweeper.min_seeds=2", "hydra.sweeper.max_seeds=2", "trainer.epochs=1",
+                    f"{KEY}=background")
+    assert out.returncode == 0, out.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    state = plots_state(sweep)
+    assert state["state"] == "done" and "race.png" in state["plots"], (sweep / "plots.log").read_text()
+    assert "race.png" in (sweep / "race.md").read_text() and "race.png" in (sweep / "report.md").read_text()

@@ -18,15 +18,26 @@ from hexsweep.atomic import atomic_write, atomic_write_json, atomic_write_text
 RACE_JSON, RACE_MD, RACE_PNG = "race.json", "race.md", "race.png"
 
 
-def write_outputs(summary: dict[str, Any], sweep_dir: Path) -> None:
+def write_outputs(summary: dict[str, Any], sweep_dir: Path, plots: str = "wait") -> None:
+    """race.json and race.md; race.png now (``wait``), after the sweep's last line with the report's
+    plots (``background``: report/draw.py, which writes race.md again) or never (``off``)."""
     atomic_write_json(sweep_dir / RACE_JSON, summary)
-    try:
-        plotted = plot_race(summary, sweep_dir / RACE_PNG)
-    except Exception as e:  # a plot is a bonus: a plotting error must not hide the race's answer
-        import logging
+    plotted = False
+    if plots == "wait":
+        try:
+            plotted = plot_race(summary, sweep_dir / RACE_PNG)
+        except Exception as e:  # a plot is a bonus: a plotting error must not hide the race's answer
+            import logging
 
-        logging.getLogger(__name__).warning("race.png not written: %s", e)
-        plotted = False
+            logging.getLogger(__name__).warning("race.png not written: %s", e)
+    elif plots == "background":
+        from hexsweep.report.end import defer_plots
+
+        defer_plots(sweep_dir, race=True)
+    write_race_md(summary, sweep_dir, plotted)
+
+
+def write_race_md(summary: dict[str, Any], sweep_dir: Path, plotted: bool) -> None:
     atomic_write_text(sweep_dir / RACE_MD, "\n".join(markdown(summary, RACE_PNG if plotted else None)) + "\n")
 
 

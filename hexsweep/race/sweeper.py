@@ -314,10 +314,11 @@ class RaceSearch:
     def _write(self, interrupted: bool = False, final: bool = False) -> None:
         """race.json after every job (what resume reads); race.md and race.png at the end."""
         from hexsweep.race.output import write_outputs
+        from hexsweep.report.end import plots_of
 
         summary = self.race.summary(interrupted)
         summary.update({"metric": self.metric(), "seed_key": self.p["seed_key"]})
         if final:
-            write_outputs(summary, self.sweep_dir)
+            write_outputs(summary, self.sweep_dir, plots_of(self.config))
         else:
             atomic_write_json(self.sweep_dir / RACE_JSON, summary)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hexsweep.atomic import atomic_write_json
-from hexsweep.report.end import PLOTS_JSON, STUDY_PLOTS
+from hexsweep.report.end import PENDING_PLOTS, PLOTS_JSON
 
 
 def _summary(folder: Path) -> dict[str, Any] | None:
@@ -39,12 +39,29 @@ def _status(folder: Path, report_id: str, state: str, **more: Any) -> None:
                                                 "at": datetime.now(UTC).isoformat(timespec="seconds"), **more})
 
 
-def draw_study(folder: Path) -> list[str]:
-    """An Optuna search's plots (``STUDY_PLOTS``), from the study's storage; the files written."""
+def draw_pending(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """A sweeper's own plots left to this process (``PENDING_PLOTS``): an Optuna search's, from its
+    study's storage, and a race's, from race.json. The files written, and the error of each part
+    that failed (they are a bonus: the report's own plots are still shown)."""
     try:
-        name = json.loads((folder / STUDY_PLOTS).read_text())["study"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # not a search, or its plots were drawn by the search itself
+        pending = json.loads((folder / PENDING_PLOTS).read_text())
+    except (OSError, ValueError):
+        return [], {}  # nothing left to draw: a list sweep, or drawn by the sweeper itself
+    written: list[str] = []
+    errors: dict[str, str] = {}
+    parts = {"optuna_study": _draw_study, "race": _draw_race}
+    for key, draw_part in parts.items():
+        if isinstance(pending, dict) and pending.get(key):
+            try:
+                written += draw_part(folder, pending[key])
+            except Exception as e:
+                traceback.print_exc()
+                errors[key] = f"{type(e).__name__}: {e}".splitlines()[0]
+    (folder / PENDING_PLOTS).unlink(missing_ok=True)
+    return written, errors
+
+
+def _draw_study(folder: Path, name: str) -> list[str]:
     import optuna
 
     from hexsweep.report.study import study_plots
@@ -54,9 +71,17 @@ def draw_study(folder: Path) -> list[str]:
     if not spec:
         raise RuntimeError(f"the storage of study {name!r} is unknown here ({STORAGE_ENV} is not set)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    written = study_plots(optuna.load_study(study_name=name, storage=open_storage(spec, read_only=True)), folder)
-    (folder / STUDY_PLOTS).unlink(missing_ok=True)
-    return [p.name for p in written]
+    study = optuna.load_study(study_name=name, storage=open_storage(spec, read_only=True))
+    return [p.name for p in study_plots(study, folder)]
+
+
+def _draw_race(folder: Path, _: Any) -> list[str]:
+    from hexsweep.race.output import RACE_JSON, RACE_PNG, plot_race, write_race_md
+
+    summary = json.loads((folder / RACE_JSON).read_text())
+    plotted = plot_race(summary, folder / RACE_PNG)
+    write_race_md(summary, folder, plotted)
+    return [RACE_PNG] if plotted else []
 
 
 def draw(folder: Path, report_id: str, max_curves: int) -> int:
@@ -75,14 +100,7 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
     try:
         df = pd.read_parquet(folder / "results.parquet")
         made = draw_plots(df, summary, max_curves)
-        study: list[str] = []
-        try:
-            study = draw_study(folder)
-        except Exception as e:  # Optuna's plots are a bonus: said in plots.json, the report's still shown
-            traceback.print_exc()
-            study_error = f"{type(e).__name__}: {e}".splitlines()[0]
-        else:
-            study_error = None
+        more, errors = draw_pending(folder)
         if (_summary(folder) or {}).get("report_id") != report_id:  # replaced while we drew
             _status(folder, report_id, "superseded")
             return 0
@@ -95,8 +113,8 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
             with contextlib.suppress(Exception):
                 write_pages(df, summary, {}, max_curves, plot_note("background", folder, error))
         return 1
-    drawn = sorted([name for name, was_made in made.items() if was_made] + study)
-    _status(folder, report_id, "done", plots=drawn, **({"study_error": study_error} if study_error else {}))
+    drawn = sorted([name for name, was_made in made.items() if was_made] + more)
+    _status(folder, report_id, "done", plots=drawn, **({"errors": errors} if errors else {}))
     print(f"plots drawn: {', '.join(drawn) or 'none to draw'}", flush=True)
     return 0
 

@@ -5,8 +5,8 @@ interrupt (the app's ``report``) and ``python -m hexsweep.analyze`` (``failure_l
 
 The plots come last, and by default after the sweep's last line: a process of their own
 (``python -m hexsweep.report.draw``) draws them and writes report.md again with them, so that
-neither the last line nor the exit status waits for figures nobody has asked to see yet (an
-Optuna search's plots too, when its study is in a storage that process can open). It
+neither the last line nor the exit status waits for figures nobody has asked to see yet (a
+race's, and an Optuna search's when its study is in a storage that process can open). It
 records how it went in ``plots.json`` (drawing, done, failed with the error, superseded) and
 its output in ``plots.log``; a failure is also written where the plots would be in report.md.
 ``hydra.callbacks.sweep_report.plots=wait`` draws them before the last line, ``off`` never.
@@ -27,9 +27,9 @@ PLOTS = ("background", "wait", "off")
 PLOTS_JSON = "plots.json"  # how the background drawing went: {"state": drawing|done|failed|superseded, ...}
 PLOTS_LOG = "plots.log"  # what it printed
 PLOTS_KEY = "hydra.callbacks.sweep_report.plots"
-# an Optuna search's own plots, left to the same process: {"study": name}; the storage comes as the
-# search's jobs get it (search/storage.py: STORAGE_ENV), never through a file
-STUDY_PLOTS = "study_plots.json"
+# a sweeper's own plots left to the same process: {"optuna_study": name} (an Optuna search's, from
+# the storage its jobs reach: search/storage.py's STORAGE_ENV, never through a file), {"race": true}
+PENDING_PLOTS = "plots_pending.json"
 _drawers: list[subprocess.Popen] = []  # kept: a Popen collected while its process runs warns
 
 
@@ -38,6 +38,11 @@ def check_plots(value: Any) -> str:
         raise ConfigError(f"{PLOTS_KEY}={value!r} is invalid: allowed background (drawn after the sweep's "
                           "last line), wait (before it) or off")
     return value
+
+
+def defer_plots(sweep_dir: Path, **what: Any) -> None:
+    """Leave a sweeper's own plots (``what``: see ``PENDING_PLOTS``) to the report's drawing."""
+    atomic_write_json(sweep_dir / PENDING_PLOTS, what)
 
 
 def plots_of(config: Any) -> str:
@@ -104,6 +109,7 @@ def start_drawing(out_dir: Path, summary: dict[str, Any], max_curves: int = 200)
     start, the plots are drawn here; returns whether they are drawn in the background."""
     atomic_write_json(out_dir / PLOTS_JSON, {"state": "drawing", "report_id": summary["report_id"],
                                              "started": datetime.now(UTC).isoformat(timespec="seconds")})
+    _drawers[:] = [p for p in _drawers if p.poll() is None]  # reap the finished (a long-lived driver: tests)
     try:
         with open(out_dir / PLOTS_LOG, "wb") as log:
             _drawers.append(subprocess.Popen(

@@ -495,14 +495,13 @@ class OptunaSearch:
             raise SearchStopped(why)
 
     def _report(self, study: optuna.Study, sweep_dir: Path, storage_spec: str | None) -> None:
-        from hexsweep.atomic import atomic_write_json
-        from hexsweep.report.end import STUDY_PLOTS, plots_of
+        from hexsweep.report.end import defer_plots, plots_of
         from hexsweep.report.study import best_summary, study_plots
 
         plots = plots_of(self.config)
         if plots == "background" and storage_spec is not None:
             # drawn after the last line with the report's (report/draw.py), from the storage
-            atomic_write_json(sweep_dir / STUDY_PLOTS, {"study": study.study_name})
+            defer_plots(sweep_dir, optuna_study=study.study_name)
         elif plots != "off":  # an in-memory study ends with this process: now or never
             try:
                 study_plots(study, sweep_dir)
