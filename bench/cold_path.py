@@ -265,13 +265,6 @@ def gain_figure(tmp: str, out: str, repeats: int, version: str, env: dict[str, s
           f"(sequential {min(runs['seq']):.1f} s, n_jobs=2 {min(runs['par']):.1f} s; one job alone "
           f"{min(runs['two']):.1f} s with 2 threads, {min(runs['one']):.1f} s with 1)  target >= 0.9: "
           f"{'met' if gain / ceiling >= 0.9 else 'MISSED'}", flush=True)
-    # what the sweeps' fixed cost (start-up, report, exit: paid once either way) leaves of that
-    # ceiling even if the jobs ran perfectly side by side: the sequential sweep minus its 4 jobs
-    fixed = min(runs["seq"]) - 4 * min(runs["two"])
-    best_par = fixed + 2 * min(runs["one"])
-    print(f"{'':32s} its fixed cost {fixed:.1f} s: at best {min(runs['seq']) / best_par:.2f}x "
-          f"({min(runs['seq']) / best_par / ceiling:.2f} of the ceiling); measured / that best = "
-          f"{gain / (min(runs['seq']) / best_par):.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
