@@ -170,3 +170,29 @@ def test_a_races_plot_is_drawn_in_the_background_and_joins_race_md(tmp_path, dat
     state = plots_state(sweep)
     assert state["state"] == "done" and "race.png" in state["plots"], (sweep / "plots.log").read_text()
     assert "race.png" in (sweep / "race.md").read_text() and "race.png" in (sweep / "report.md").read_text()
+
+
+def test_a_drawing_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from hexsweep.report import files
+
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill <pid>` would, in the middle of the drawing
+        raise AssertionError("SIGTERM did not stop the drawing")
+
+    monkeypatch.setattr(files, "draw_plots", terminated)
+    monkeypatch.setattr(os, "nice", lambda n: 0)  # main() lowers its process's priority: not pytest's
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert draw.main([str(sweep), summary["report_id"]]) == 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    state = json.loads((sweep / "plots.json").read_text())
+    assert state["state"] == "failed" and state["error"] == "Stopped: stopped by SIGTERM"
+    assert "Could not be drawn: Stopped: stopped by SIGTERM" in (sweep / "report.md").read_text()

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -23,6 +24,14 @@ from typing import Any
 
 from hexsweep.atomic import atomic_write_json
 from hexsweep.report.end import PENDING_PLOTS, PLOTS_JSON
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP while drawing: recorded as a failure, like any other."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(f"stopped by {signal.Signals(signum).name}")
 
 
 def _summary(folder: Path) -> dict[str, Any] | None:
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with contextlib.suppress(OSError):
         os.nice(10)  # background work: the user's next command comes first
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped: plots.json and report.md say so
+        signal.signal(sig, _stop)
     return draw(args.folder.resolve(), args.report_id, args.max_curves)
 
 
