@@ -42,7 +42,9 @@ from common import hexsweep_cmd, run_timed
 from hexsweep.jobfolder import RESULT_FILE, read_result
 
 PY = sys.executable
-TINY = ("debug=tiny", "strength.games=0", "hydra.launcher.progress=off")
+# plots=background: the sweeps run as a person at a terminal runs them (auto picks wait in a pipe)
+TINY = ("debug=tiny", "strength.games=0", "hydra.launcher.progress=off",
+        "hydra.callbacks.sweep_report.plots=background")
 
 
 Cmd = list[str] | tuple[list[str], dict[str, str]]  # a command, or a command and its environment

@@ -94,8 +94,9 @@ def precheck_argv(argv: list[str]) -> None:
         try:
             if key.lstrip("+") == "hydra.job.name":
                 check_name("hydra.job.name", value)
-            elif key.lstrip("+") == PLOTS_KEY:
-                check_plots(value)
+            elif key.lstrip("+") == PLOTS_KEY and "${" not in value:  # an interpolation: the callback checks it
+                check_plots(value[1:-1] if value[:1] == value[-1:] and value[:1] in "'\"" and len(value) > 1
+                            else value)
         except HexsweepError as e:
             fail(str(e))
     outputs = next((a.partition("=")[2] for a in reversed(argv) if a.lstrip("+").startswith("paths.outputs=")),

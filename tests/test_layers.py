@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY, SWEEP, JOB, LIBRARY, BASE = 4, 3, 2, 1, 0
 LAYERS = {
     "hexsweep.train": ENTRY, "hexsweep.analyze": ENTRY, "hexsweep.study": ENTRY, "hexsweep.monitor": ENTRY,
-    "hexsweep.probe": ENTRY, "hexsweep.tournament": ENTRY,
+    "hexsweep.probe": ENTRY, "hexsweep.tournament": ENTRY, "hexsweep.report.draw": ENTRY,
     "hydra_plugins.hexsweep_launcher": ENTRY, "hydra_plugins.hexsweep_optuna": ENTRY,
     "hydra_plugins.hexsweep_race": ENTRY,
     "hexsweep.sweep": SWEEP, "hexsweep.search": SWEEP, "hexsweep.race": SWEEP, "hexsweep.report": SWEEP,

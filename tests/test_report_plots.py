@@ -13,7 +13,7 @@ import pytest
 from sweep_helpers import run_sweep, sweep_dirs
 from test_aggregate import make_sweep
 
-from hexsweep.report import draw
+from hexsweep.report import draw, drawing
 from hexsweep.report import end as report_end
 from hexsweep.report.aggregate import aggregate
 from hexsweep.report.files import write_report
@@ -78,8 +78,9 @@ def test_a_bad_plots_value_is_one_line_before_anything_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "seed=0,1", f"{KEY}=later",
                           f"paths.outputs={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip() == (f"hexsweep: error: {KEY}='later' is invalid: allowed background (drawn after "
-                                  "the sweep's last line), wait (before it) or off")
+    assert out.stderr.strip() == (f"hexsweep: error: {KEY}='later' is invalid: allowed auto (background at a "
+                                  "terminal, else wait), background (drawn after the sweep's last line), wait "
+                                  "(before it) or off")
     assert not (tmp_path / "multirun").exists()
 
 
@@ -88,7 +89,7 @@ def test_a_drawing_that_fails_says_so_in_the_report_and_plots_json(tmp_path, cap
     summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
     assert "Being drawn in the background" in (sweep / "report.md").read_text()
     (sweep / "by_experiment.png").mkdir()  # the figure cannot be written: a folder holds its name
-    assert draw.draw(sweep, summary["report_id"], 200) == 1
+    assert drawing.draw(sweep, summary["report_id"], 200) == 1
     state = json.loads((sweep / "plots.json").read_text())
     assert state["state"] == "failed" and state["error"].startswith("IsADirectoryError")
     report = (sweep / "report.md").read_text()
@@ -102,7 +103,7 @@ def test_a_drawing_for_a_replaced_report_leaves_the_newer_one_alone(tmp_path):
     old = write_report(aggregate([sweep]), sweep, [sweep], plots="background")["report_id"]
     write_report(aggregate([sweep]), sweep, [sweep], plots="off")  # e.g. a resumed sweep's, since
     before = (sweep / "report.md").read_text()
-    assert draw.draw(sweep, old, 200) == 0
+    assert drawing.draw(sweep, old, 200) == 0
     assert json.loads((sweep / "plots.json").read_text())["state"] == "superseded"
     assert (sweep / "report.md").read_text() == before and not list(sweep.glob("*.png"))
 
@@ -111,10 +112,14 @@ def test_the_background_process_draws_and_rewrites_the_report(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
     assert report_end.start_drawing(sweep, summary)
+    proc = report_end._drawers[-1][0]
+    time.sleep(1)
+    assert proc.poll() is None and not (sweep / "by_experiment.png").exists()  # it waits for our exit
+    report_end.release_drawings()  # as our exit would
     state = plots_state(sweep)
     assert state["state"] == "done" and "by_experiment.png" in state["plots"], (sweep / "plots.log").read_text()
     assert "![objective per configuration" in (sweep / "report.md").read_text()
-    assert report_end._drawers[-1].wait(60) == 0
+    assert proc.wait(60) == 0 and not list(sweep.glob(".plots-*"))
 
 
 def test_plots_are_drawn_in_the_sweep_when_no_process_can_start(tmp_path, monkeypatch):
@@ -153,7 +158,7 @@ def test_a_study_whose_storage_is_unknown_is_said_and_the_reports_plots_still_dr
     sweep = make_sweep(tmp_path / "sweep")
     summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
     (sweep / report_end.PENDING_PLOTS).write_text(json.dumps({"optuna_study": "s"}))
-    assert draw.draw(sweep, summary["report_id"], 200) == 0
+    assert drawing.draw(sweep, summary["report_id"], 200) == 0
     state = json.loads((sweep / "plots.json").read_text())
     assert state["state"] == "done" and "by_experiment.png" in state["plots"]
     assert state["errors"]["optuna_study"] == \
@@ -176,8 +181,6 @@ def test_a_drawing_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
     import os
     import signal
 
-    from hexsweep.report import files
-
     sweep = make_sweep(tmp_path / "sweep")
     summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
 
@@ -185,9 +188,9 @@ def test_a_drawing_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill <pid>` would, in the middle of the drawing
         raise AssertionError("SIGTERM did not stop the drawing")
 
-    monkeypatch.setattr(files, "draw_plots", terminated)
+    monkeypatch.setattr(drawing, "draw_plots", terminated)
     monkeypatch.setattr(os, "nice", lambda n: 0)  # main() lowers its process's priority: not pytest's
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         assert draw.main([str(sweep), summary["report_id"]]) == 1
     finally:
@@ -196,3 +199,51 @@ def test_a_drawing_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
     state = json.loads((sweep / "plots.json").read_text())
     assert state["state"] == "failed" and state["error"] == "Stopped: stopped by SIGTERM"
     assert "Could not be drawn: Stopped: stopped by SIGTERM" in (sweep / "report.md").read_text()
+
+
+def test_a_drawing_overtaken_by_a_newer_report_leaves_its_figures_alone(tmp_path, monkeypatch):
+    sweep = make_sweep(tmp_path / "sweep")
+    old = write_report(aggregate([sweep]), sweep, [sweep], plots="background")["report_id"]
+    real = drawing.draw_plots
+
+    def overtaken(df, summary, max_curves, table=None, into=None):
+        made = real(df, summary, max_curves, table, into)
+        write_report(aggregate([sweep]), sweep, [sweep], plots="wait")  # analyze, meanwhile
+        return made
+
+    monkeypatch.setattr(drawing, "draw_plots", overtaken)
+    assert drawing.draw(sweep, old, 200) == 0
+    newer = json.loads((sweep / "summary.json").read_text())["report_id"]
+    assert newer != old and "Being drawn" not in (sweep / "report.md").read_text()
+    # the newer report's own figures stay: the overtaken drawing published nothing
+    assert (sweep / "by_experiment.png").stat().st_mtime_ns <= (sweep / "report.md").stat().st_mtime_ns
+    assert json.loads((sweep / "plots.json").read_text())["state"] == "superseded"
+    assert not list(sweep.glob(".plots-*"))
+
+
+def test_a_drawing_whose_folder_is_deleted_does_not_make_it_again(tmp_path, monkeypatch):
+    import shutil
+
+    sweep = make_sweep(tmp_path / "sweep")
+    summary = write_report(aggregate([sweep]), sweep, [sweep], plots="background")
+    real = drawing.draw_plots
+
+    def deleted(*args, **kwargs):
+        made = real(*args, **kwargs)
+        shutil.rmtree(sweep)  # the user removes the sweep folder while its plots are drawn
+        return made
+
+    monkeypatch.setattr(drawing, "draw_plots", deleted)
+    assert drawing.draw(sweep, summary["report_id"], 200) == 0
+    assert not sweep.exists()
+
+
+def test_plots_setting_spellings():
+    from hexsweep.train import precheck_argv
+
+    assert report_end.check_plots(False) == "off"  # YAML's reading of an unquoted off
+    assert report_end.resolve_plots("auto") == "wait"  # not at a terminal (pytest captures stderr)
+    assert report_end.resolve_plots("background") == "background"
+    precheck_argv(["-m", f"{KEY}='wait'", f"{KEY}=${{oc.env:PLOTS,off}}", "hydra.job.name=x"])  # no exit
+    with pytest.raises(SystemExit):
+        precheck_argv(["-m", f"{KEY}=sometimes"])

@@ -156,8 +156,9 @@ def seed_curve(c: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xs, ys, np.cumsum(ys) / np.arange(1, len(ys) + 1)
 
 
-def race_section(sweep_dir: Path, out_dir: Path) -> list[str]:
-    """report.md's race section when the sweep folder holds a race (race.json), else nothing."""
+def race_section(sweep_dir: Path, out_dir: Path, images: bool = True) -> list[str]:
+    """report.md's race section when the sweep folder holds a race (race.json), else nothing;
+    with race.png if ``images`` (a page written with its figures)."""
     import os
 
     path = Path(sweep_dir) / RACE_JSON
@@ -166,7 +167,7 @@ def race_section(sweep_dir: Path, out_dir: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     png = Path(sweep_dir) / RACE_PNG
-    rel = os.path.relpath(png, out_dir) if png.exists() else None
+    rel = os.path.relpath(png, out_dir) if images and png.exists() else None
     try:
         return ["", *markdown(s, rel, heading="##")]
     except (KeyError, TypeError, ValueError):

@@ -14,6 +14,8 @@ its output in ``plots.log``; a failure is also written where the plots would be 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -23,20 +25,34 @@ from typing import Any
 from hexsweep.atomic import atomic_write_json
 from hexsweep.errors import ConfigError, HexsweepError
 
-PLOTS = ("background", "wait", "off")
+PLOTS = ("auto", "background", "wait", "off")
 PLOTS_JSON = "plots.json"  # how the background drawing went: {"state": drawing|done|failed|superseded, ...}
 PLOTS_LOG = "plots.log"  # what it printed
 PLOTS_KEY = "hydra.callbacks.sweep_report.plots"
 # a sweeper's own plots left to the same process: {"optuna_study": name} (an Optuna search's, from
 # the storage its jobs reach: search/storage.py's STORAGE_ENV, never through a file), {"race": true}
 PENDING_PLOTS = "plots_pending.json"
-_drawers: list[subprocess.Popen] = []  # kept: a Popen collected while its process runs warns
+# the drawings started by this process, each with the write end of the pipe it waits on: kept
+# open until this process exits (a Popen collected while its process runs would also warn)
+_drawers: list[tuple[subprocess.Popen, int]] = []
 
 
 def check_plots(value: Any) -> str:
+    if value is False:  # YAML reads an unquoted `off` as false
+        return "off"
     if value not in PLOTS:
-        raise ConfigError(f"{PLOTS_KEY}={value!r} is invalid: allowed background (drawn after the sweep's "
-                          "last line), wait (before it) or off")
+        raise ConfigError(f"{PLOTS_KEY}={value!r} is invalid: allowed auto (background at a terminal, else "
+                          "wait), background (drawn after the sweep's last line), wait (before it) or off")
+    return value
+
+
+def resolve_plots(value: Any) -> str:
+    """``auto``: after the last line (background) when a person is at the terminal; else (a batch
+    job, CI, a pipe) before it, since whatever runs the sweep may end every process it left,
+    the drawing with them, once the command returns (Slurm ends a job's processes with it)."""
+    value = check_plots(value)
+    if value == "auto":
+        return "background" if sys.stderr.isatty() else "wait"
     return value
 
 
@@ -51,7 +67,7 @@ def plots_of(config: Any) -> str:
     callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
     for c in callbacks.values():
         if str(c.get("_target_", "")).endswith(".SweepReport"):
-            return check_plots(c.get("plots", "background"))
+            return resolve_plots(c.get("plots", "auto"))
     return "wait"
 
 
@@ -105,28 +121,39 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False, plots: str = "wait"
 def start_drawing(out_dir: Path, summary: dict[str, Any], max_curves: int = 200) -> bool:
     """Start the process that draws the report's plots (``python -m hexsweep.report.draw``): in a
     session of its own, so that a Ctrl-C meant for the next command does not reach it, with no
-    pipe of ours (a caller reading our output to its end does not wait for it). If it cannot
-    start, the plots are drawn here; returns whether they are drawn in the background."""
+    pipe of the caller's (a caller reading our output to its end does not wait for it). It starts
+    drawing once this process has exited (report/drawing.py). If it cannot start, the plots are
+    drawn here; returns whether they are drawn in the background."""
     atomic_write_json(out_dir / PLOTS_JSON, {"state": "drawing", "report_id": summary["report_id"],
                                              "started": datetime.now(UTC).isoformat(timespec="seconds")})
-    _drawers[:] = [p for p in _drawers if p.poll() is None]  # reap the finished (a long-lived driver: tests)
+    for proc, fd in [d for d in _drawers if d[0].poll() is not None]:  # reap the finished (tests)
+        _drawers.remove((proc, fd))
+    read_end, write_end = os.pipe()  # not inheritable: only the drawing gets its end (pass_fds)
     try:
         with open(out_dir / PLOTS_LOG, "wb") as log:
-            _drawers.append(subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "hexsweep.report.draw", str(out_dir), summary["report_id"],
-                 "--max-curves", str(max_curves)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                 "--max-curves", str(max_curves), "--after-fd", str(read_end)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=(read_end,))
+        _drawers.append((proc, write_end))
         return True
-    except OSError as e:  # no process to spare (fork refused): draw them now
-        import pandas as pd
+    except OSError:  # no process to spare (fork refused): draw them now
+        os.close(write_end)
+        from hexsweep.report.drawing import draw
 
-        from hexsweep.report.files import draw_plots, write_pages
-
-        df = pd.read_parquet(out_dir / "results.parquet")
-        write_pages(df, summary, draw_plots(df, summary, max_curves), max_curves)
-        atomic_write_json(out_dir / PLOTS_JSON, {"state": "done", "report_id": summary["report_id"],
-                                                 "note": f"drawn by the sweep: no process ({e.strerror or e})"})
+        draw(out_dir, summary["report_id"], max_curves)
         return False
+    finally:
+        os.close(read_end)
+
+
+def release_drawings() -> None:
+    """Let the drawings started by this process begin now instead of at its exit (a long-lived
+    process that drives sweeps itself: tests)."""
+    while _drawers:
+        with contextlib.suppress(OSError):
+            os.close(_drawers.pop()[1])
 
 
 def end_sweep(sweep_dir: Path, search: bool, plots: str = "wait") -> int:

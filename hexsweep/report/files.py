@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import html
 import json
 import math
 import os
 import textwrap
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -397,12 +400,34 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     return out.fillna("")
 
 
+REPORT_LOCK = ".report.lock"
+
+
+@contextlib.contextmanager
+def report_lock(folder: Path) -> Iterator[None]:
+    """One writer of a folder's report at a time: a report (a sweep's end, ``analyze``, the
+    tournament's) and a background drawing publishing its plots (report/draw.py). flock: the
+    kernel releases it when its holder dies. FileNotFoundError when the folder is gone."""
+    with open(folder / REPORT_LOCK, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_curves: int = 200,
                  plots: str = "wait") -> dict[str, Any]:
     """Write every artefact into ``out_dir``; returns the summary. ``plots``: ``wait`` draws the
     plots here; ``background`` and ``off`` leave them out of report.md, saying so (the caller
     starts their drawing, report/draw.py); the table, summary and report come first either way."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with report_lock(out_dir):
+        return _write_report(df, out_dir, sweep_dirs, max_curves, plots)
+
+
+def _write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_curves: int,
+                  plots: str) -> dict[str, Any]:
     df, direction = ranked(df)
     atomic_write(out_dir / "results.csv", lambda f: df.to_csv(f, index=False))
     atomic_write(out_dir / "results.parquet", lambda f: df.to_parquet(f, index=False), mode="wb")
@@ -434,10 +459,10 @@ def plot_note(plots: str, folder: Path, error: str | None = None) -> str | None:
 
 
 def draw_plots(df: pd.DataFrame, summary: dict[str, Any], max_curves: int,
-               table: pd.DataFrame | None = None) -> dict[str, bool]:
-    """Draw the report's PNGs into the summary's folder from the ranked table ``df``; which were
-    drawn (a plot with nothing to show is not)."""
-    out_dir = out_dir_of(summary)
+               table: pd.DataFrame | None = None, into: Path | None = None) -> dict[str, bool]:
+    """Draw the report's PNGs from the ranked table ``df`` into ``into`` (default: the summary's
+    folder); which were drawn (a plot with nothing to show is not)."""
+    out_dir = into or out_dir_of(summary)
     ok = df[df["status"].isin(OK)] if not df.empty else df
     if table is None:
         table = group_stats(ok, summary["direction"])
@@ -628,8 +653,9 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
         lines += [f"**Best job**: {b['job_num']} `{b['label']}`: {s['objective_metric']} = "
                   f"{b['objective']:.4f} ({b['job_dir']})", ""]
     lines += comparison_lines(s)
+    images = plot_note is None  # figures are shown only by a page written with them: none are stale
     for sweep in s["sweeps"]:  # a race's eliminations and verdict (hexsweep/race/output.py)
-        lines += race_section(Path(sweep), out_dir_of(s))
+        lines += race_section(Path(sweep), out_dir_of(s), images)
     lines += tournament_lines(s, out_dir_of(s))
     lines += detail_lines(s)
     if s["failed"]:
@@ -642,7 +668,7 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
     study = out_dir_of(s) / "study.md"
     if study.exists():  # an Optuna sweep: the study's best trial and Optuna's own plots
         lines += ["## Optuna study", "", study.read_text().split("\n", 2)[-1].strip(), ""]
-        lines += [f"![{p.stem}]({p.name})" for p in sorted(out_dir_of(s).glob("optuna_*.png"))]
+        lines += [f"![{p.stem}]({p.name})" for p in sorted(out_dir_of(s).glob("optuna_*.png")) if images]
         lines.append("")
     captions = {"curves.png": f"{curve_metric} per epoch, every job"
                 + (f" (best {max_curves} shown)" if len(df) > max_curves else ""),

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from hexsweep import tracking
 from hexsweep.cli import skip_exit_collection
 from hexsweep.jobfolder import RESULT_FILE, read_result
-from hexsweep.report.end import check_plots, end_sweep
+from hexsweep.report.end import end_sweep, resolve_plots
 from hexsweep.sweep import stopping
 from hexsweep.sweep.ray_options import fix_stock_ray_init
 
@@ -43,9 +43,10 @@ class SweepReport(Callback):
 
     _pending: tuple[DictConfig, Path, int] | None = None
 
-    def __init__(self, plots: str = "background") -> None:
-        # background: the plots are drawn after the sweep's last line; wait: before it; off: never
-        self.plots = check_plots(plots)
+    def __init__(self, plots: str = "auto") -> None:
+        # background: the plots are drawn after the sweep's last line; wait: before it; off: never;
+        # auto: background at a terminal, else wait (report/end.py)
+        self.plots = resolve_plots(plots)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         skip_exit_collection()  # a single run's process: it exits when the job ends

@@ -118,10 +118,12 @@ class DriverJobReturn(JobReturn):
     job, between one job's end and the next one's start. The job's config is not changed after
     the job ends, so a late copy is the copy the driver would have made then."""
 
-    def __init__(self, source: DictConfig, job_dir: Path, **fields: Any) -> None:
+    def __init__(self, source: DictConfig | None = None, job_dir: Path | None = None, **fields: Any) -> None:
+        # without a source (dataclasses.replace passes the fields only): a plain JobReturn
         self._copies: dict[str, Any] = {}
         super().__init__(**fields)
-        self._copies = {}  # JobReturn's own __init__ set both to None: not a value of the job's
+        if source is not None:
+            self._copies = {}  # JobReturn's own __init__ set both to None: not a value of the job's
         self._source, self._job_dir = source, job_dir
 
     @property  # type: ignore[override]
