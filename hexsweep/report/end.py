@@ -3,13 +3,15 @@
 Shared by Hydra's end-of-sweep callback (``sweep/callbacks.py``), the launcher's report on
 interrupt (the app's ``report``) and ``python -m hexsweep.analyze`` (``failure_line``).
 
-The plots come last, and by default after the sweep's last line: a process of their own
-(``python -m hexsweep.report.draw``) draws them and writes report.md again with them, so that
-neither the last line nor the exit status waits for figures nobody has asked to see yet (a
-race's, and an Optuna search's when its study is in a storage that process can open). It
-records how it went in ``plots.json`` (drawing, done, failed with the error, superseded) and
-its output in ``plots.log``; a failure is also written where the plots would be in report.md.
-``hydra.callbacks.sweep_report.plots=wait`` draws them before the last line, ``off`` never.
+The plots come last, and at a terminal after the sweep's last line: a process of their own
+(``python -m hexsweep.report.draw``, the work in ``report/drawing.py``) draws them once the
+driver has exited and writes report.md again with them, so that neither the last line nor the
+exit status waits for figures nobody has asked to see yet (a race's, and an Optuna search's
+when its study is in a storage that process can open). It records how it went in
+``plots.json`` (drawing, done, failed with the error, superseded) and its output in
+``plots.log``; a failure is also written where the plots would be in report.md.
+``hydra.callbacks.sweep_report.plots``: ``auto`` (the default: background at a terminal, else
+wait), ``background``, ``wait`` (before the last line) or ``off``.
 """
 
 from __future__ import annotations
@@ -61,14 +63,18 @@ def defer_plots(sweep_dir: Path, **what: Any) -> None:
     atomic_write_json(sweep_dir / PENDING_PLOTS, what)
 
 
+def report_callback(config: Any) -> Any:
+    """The sweep's report callback (``sweep/callbacks.py: SweepReport``) in ``config``'s
+    ``hydra.callbacks``, or None: no report after this sweep's jobs."""
+    callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
+    return next((c for c in callbacks.values() if str(c.get("_target_", "")).endswith(".SweepReport")), None)
+
+
 def plots_of(config: Any) -> str:
     """The plots setting of the sweep's report callback in ``config``; ``wait`` without one (nothing
     would draw them later)."""
-    callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
-    for c in callbacks.values():
-        if str(c.get("_target_", "")).endswith(".SweepReport"):
-            return resolve_plots(c.get("plots", "auto"))
-    return "wait"
+    callback = report_callback(config)
+    return "wait" if callback is None else resolve_plots(callback.get("plots", "auto"))
 
 
 class ReportNotWritten(HexsweepError):
@@ -109,8 +115,8 @@ def report_sweep(sweep_dir: Path, interrupted: bool = False, plots: str = "wait"
         print(f"[hexsweep] warning: {summary['provenance_warning']}", file=sys.stderr, flush=True)
     pruned = summary["by_status"].get("pruned", 0)  # a pruned trial ended as planned, but did not complete
     how = f"ended ({ok - pruned} completed, {pruned} pruned)" if pruned else "completed"
-    later = {"wait": "", "off": " (plots off)"}.get(plots, f" (its plots are being drawn in the background: "
-                                                              f"{sweep_dir / PLOTS_JSON})" if drawing else "")
+    later = (" (plots off)" if plots == "off" else
+             f" (its plots are being drawn in the background: {sweep_dir / PLOTS_JSON})" if drawing else "")
     print(f"[hexsweep] {ok} of {summary['total']} jobs {how}{best_text}\n"
           f"[hexsweep] report: {sweep_dir / 'report.md'}{later}", file=sys.stderr, flush=True)
     if (line := failure_line(summary)) and not interrupted:

@@ -97,8 +97,9 @@ def exit_on_error(fn: Callable[[], Any], reports: bool = False) -> Any:
 
 def reports_at_end(config: Any) -> bool:
     """Whether hexsweep's end-of-sweep callback (the report) runs after this sweep's jobs."""
-    callbacks = (config.hydra.get("callbacks") or {}) if config is not None else {}
-    return any(str(c.get("_target_", "")).endswith(".SweepReport") for c in callbacks.values())
+    from hexsweep.report.end import report_callback
+
+    return report_callback(config) is not None
 
 
 class HexsweepLauncher(JobConfigLauncher):
