@@ -247,3 +247,21 @@ def test_plots_setting_spellings():
     precheck_argv(["-m", f"{KEY}='wait'", f"{KEY}=${{oc.env:PLOTS,off}}", "hydra.job.name=x"])  # no exit
     with pytest.raises(SystemExit):
         precheck_argv(["-m", f"{KEY}=sometimes"])
+
+
+def test_a_report_lock_held_for_ever_does_not_hang_the_next_report(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from hexsweep.report import files
+
+    sweep = make_sweep(tmp_path / "sweep")
+    old = write_report(aggregate([sweep]), sweep, [sweep], plots="background")["report_id"]
+    monkeypatch.setattr(files, "REPORT_LOCK_WAIT_S", 0.5)
+    with open(sweep / files.REPORT_LOCK, "a") as held:  # as a drawing stopped by SIGSTOP holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        # a drawing gives up, and says so where it can
+        assert drawing.draw(sweep, old, 200) == 1
+        # a report goes ahead without the lock, and says so
+        new = write_report(aggregate([sweep]), sweep, [sweep], plots="off")["report_id"]
+    assert new != old and json.loads((sweep / "summary.json").read_text())["report_id"] == new
+    assert "held by another process for 0.5 s (a stopped plot drawing?)" in capsys.readouterr().err

@@ -107,7 +107,7 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
 
     into = folder / f".plots-{report_id[:12]}"
     try:
-        with report_lock(folder):  # a consistent snapshot: the report's writer holds the lock
+        with report_lock(folder, give_up=True):  # a consistent snapshot: the report's writer holds the lock
             if not _current(folder, report_id):
                 print(f"the report in {folder} is no longer the one these plots were for: nothing drawn", flush=True)
                 _status(folder, report_id, "superseded")
@@ -120,7 +120,7 @@ def draw(folder: Path, report_id: str, max_curves: int) -> int:
         made = draw_plots(df, summary, max_curves, into=into)
         more, errors = _draw_pending(folder, pending, into)
         drawn = sorted([name for name, was_made in made.items() if was_made] + more)
-        with report_lock(folder):
+        with report_lock(folder, give_up=True):
             if not _current(folder, report_id):
                 _status(folder, report_id, "superseded")
                 return 0
@@ -147,7 +147,7 @@ def fail(folder: Path, report_id: str, max_curves: int, error: str) -> None:
     (while the report is still the one they were for)."""
     import pandas as pd
 
-    with contextlib.suppress(Exception), report_lock(folder):
+    with contextlib.suppress(Exception), report_lock(folder, give_up=True):
         if _current(folder, report_id):
             _status(folder, report_id, "failed", error=error)
             write_pages(pd.read_parquet(folder / "results.parquet"), _read_json(folder / "summary.json"), {},

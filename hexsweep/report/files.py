@@ -8,7 +8,9 @@ import html
 import json
 import math
 import os
+import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -403,17 +405,45 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
 REPORT_LOCK = ".report.lock"
 
 
+REPORT_LOCK_WAIT_S = 30.0  # a holder this long is stuck (a stopped or hung drawing)
+
+
+class ReportLockHeld(OSError):
+    """Another process held the folder's report lock for ``REPORT_LOCK_WAIT_S``."""
+
+
 @contextlib.contextmanager
-def report_lock(folder: Path) -> Iterator[None]:
+def report_lock(folder: Path, give_up: bool = False) -> Iterator[None]:
     """One writer of a folder's report at a time: a report (a sweep's end, ``analyze``, the
-    tournament's) and a background drawing publishing its plots (report/draw.py). flock: the
-    kernel releases it when its holder dies. FileNotFoundError when the folder is gone."""
+    tournament's) and a background drawing publishing its plots (report/drawing.py). flock: the
+    kernel releases it when its holder dies. FileNotFoundError when the folder is gone.
+
+    A holder that never lets go (a drawing stopped with SIGSTOP, or hung on a storage) must not
+    hang the next report: after ``REPORT_LOCK_WAIT_S`` a report goes ahead without the lock,
+    saying so, and a drawing (``give_up``) raises ReportLockHeld instead (its failure is recorded)."""
     with open(folder / REPORT_LOCK, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        deadline = time.monotonic() + REPORT_LOCK_WAIT_S
+        while not (locked := _try_flock(f.fileno())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not locked:
+            held = f"{folder / REPORT_LOCK} held by another process for {REPORT_LOCK_WAIT_S:g} s"
+            if give_up:
+                raise ReportLockHeld(held)
+            print(f"[hexsweep] warning: {held} (a stopped plot drawing?): writing the report without it",
+                  file=sys.stderr, flush=True)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, sweep_dirs: list[Path], max_curves: int = 200,
