@@ -212,3 +212,20 @@ def test_study_commands_on_a_damaged_or_foreign_journal_are_one_line_naming_it(t
     assert capsys.readouterr().err.strip() == (
         f"hexsweep: error: storage {journal} is damaged or not an Optuna journal: {reason}")
     assert journal.read_bytes() == before  # a query changes nothing
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("interval(1,0)", "`low <= high` must hold"),
+    ("tag(log,interval(-1,1))", "`low > 0` must hold for `log=True`"),
+    ("range(5,1)", "`low <= high` must hold"),
+])
+def test_a_search_range_optuna_refuses_is_one_line_naming_it(text, why):
+    """Optuna's own check of a distribution's bounds (a ValueError, a traceback before) becomes
+    the one line of a ConfigError naming the key and the value."""
+    from hexsweep.errors import ConfigError
+    from hexsweep.search.space import parse_params
+
+    with pytest.raises(ConfigError) as e:
+        parse_params({"optim.lr": text})
+    assert str(e.value).startswith(f"hydra.sweeper.params.optim.lr={text!r} is invalid: ") and why in str(e.value)
+    assert len(str(e.value).splitlines()) == 1

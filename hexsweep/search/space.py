@@ -33,6 +33,13 @@ def distribution(key: str, text: str) -> BaseDistribution | str:
         raise ConfigError(f"hydra.sweeper.params.{key}={text!r} is invalid: {str(e).splitlines()[0]}") from None
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
+    try:
+        return _distribution(key, text, override)
+    except ValueError as e:  # Optuna's own check of the bounds (low <= high, log with low > 0, ...)
+        raise ConfigError(f"hydra.sweeper.params.{key}={text!r} is invalid: {str(e).splitlines()[0]}") from None
+
+
+def _distribution(key: str, text: str, override: Any) -> BaseDistribution:
     value = override.value()
     if isinstance(value, ChoiceSweep):
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
