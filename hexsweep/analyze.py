@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     for s in args.sweeps:
         if not s.is_dir():
             fail(f"{s} is not a folder: give sweep folders such as outputs/multirun/<date>/<time>")
+        if (s / "result.json").is_file():  # a job folder itself, not the sweep that holds it
+            fail(f"{s} is a job folder: give its sweep folder ({s.resolve().parent}), or two job folders "
+                 "with --diff")
     sweeps = [s.resolve() for s in args.sweeps]
     df = aggregate(sweeps)
     if df.empty:

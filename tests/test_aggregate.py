@@ -104,6 +104,10 @@ def test_analyze_merges_sweeps_from_several_folders(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("hexsweep: error: ")
+    job = subprocess.run([sys.executable, "-m", "hexsweep.analyze", str(a / "0")], capture_output=True, text=True,
+                         timeout=60)
+    assert job.returncode == 2 and job.stderr == f"hexsweep: error: {a / '0'} is a job folder: give its sweep " \
+        f"folder ({a.resolve()}), or two job folders with --diff\n"
 
 
 def test_oom_is_recorded_and_retried_at_half_batch(tiny_cfg, tmp_path):
