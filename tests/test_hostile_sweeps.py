@@ -138,11 +138,14 @@ def test_a_second_driver_on_a_live_sweep_folder_refuses_or_waits(tmp_path, data_
     first = spawn(sweep_cmd(tmp_path, data_root, *args))
     wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
     sweep = sweep_dirs(tmp_path)[0]
+    records = {name: (sweep / name).read_bytes() for name in ("multirun.yaml", "sweep.json")}
     second = subprocess.run(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=true"),
                             capture_output=True, text=True, timeout=120)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith(
         f"hexsweep: error: {sweep} is being run by another driver (pid {first.pid} on {socket.gethostname()}")
+    # refused before it wrote anything there: the live sweep's command and jobs stay its own
+    assert {name: (sweep / name).read_bytes() for name in records} == records
     waiting = spawn(sweep_cmd(tmp_path, data_root, *args, f"hydra.sweep.dir={sweep}", "resume=wait"))
     time.sleep(2)
     assert waiting.poll() is None  # still waiting for the first driver
@@ -259,3 +262,20 @@ def test_analyze_skips_symlink_loops_in_a_sweep_folder_by_name(tmp_path):
         assert f"skipped {sweep / name}: Too many levels of symbolic links" in out.stderr
     assert "2 jobs: 2 completed" in out.stdout
     assert sorted(pd.read_csv(sweep / "results.csv")["job_num"]) == [0, 1]
+
+
+def test_a_sweep_into_a_folder_with_an_earlier_sweeps_jobs_needs_resume(tmp_path, data_root):
+    """Without resume=true its jobs would overwrite the earlier ones and the report would mix the
+    two sweeps: refused in one line before anything is written there, multirun.yaml included."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    earlier = {sweep / "multirun.yaml": b"the earlier sweep's command\n", sweep / "0" / "result.json": b"{}"}
+    for path, content in earlier.items():
+        path.write_bytes(content)
+    out = subprocess.run(sweep_cmd(tmp_path, data_root, "seed=0,1", f"hydra.sweep.dir={sweep}"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr == (f"hexsweep: error: {sweep} holds 1 job folder of an earlier sweep: add resume=true to "
+                          "continue it (its completed jobs are kept), or give another hydra.sweep.dir\n")
+    assert {path: path.read_bytes() for path in earlier} == earlier
+    assert sorted(p.name for p in sweep.iterdir()) == [".driver.lock", "0", "multirun.yaml"]

@@ -93,6 +93,13 @@ class JobApp:
         """Who still runs this job (a process that outlived its driver), or None."""
         return None
 
+    def earlier_jobs(self, sweep_dir: Path) -> int:
+        """How many job folders an earlier driver of this app left in ``sweep_dir`` with their
+        records: a sweep there without the app's ``resume_overrides`` would overwrite them, so it
+        is refused before it writes anything (0: nothing to keep; a plain app keeps Hydra's
+        behaviour, and its ``hydra.launcher.resume``)."""
+        return 0
+
     def done_before(self, cfg: DictConfig, job_dir: Path) -> Any:
         """For resume: the job's earlier record (the app's own kind) if it already completed, else None."""
         return None

@@ -34,6 +34,7 @@ from hexsweep.errors import ConfigError, HexsweepError
 from hexsweep.sweep.apps import JobApp, app_for
 from hexsweep.sweep.driver import Outcome, SweepDriver, common_overrides, job_label
 from hexsweep.sweep.manifest import write_manifest
+from hexsweep.sweep.owner import own
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,27 @@ def prepared_config(hydra_context: Any, master: DictConfig, app: JobApp, overrid
     except (HydraException, OmegaConfBaseException) as e:
         raise JobConfigError(first_line(str(e))) from None
     return cfg
+
+
+def claim_sweep_folder(launcher: Any) -> None:
+    """Take an existing sweep folder for this driver (sweep/owner.py) at the launcher's setup:
+    Hydra's BasicSweeper writes multirun.yaml into it before it calls ``launch``, and a second
+    driver refused only then had already replaced the running sweep's multirun.yaml (whose
+    command the report's resume line repeats). SweepBusy if another live driver runs it; a
+    ConfigError if it holds an earlier sweep's jobs and the app's resume was not asked for (they
+    would be overwritten, and the report would mix the two sweeps). A folder that does not
+    exist yet is left alone: a command refused later (a bad value) then leaves no folder behind,
+    and the driver takes it when it launches."""
+    config = launcher.config
+    sweep_dir = sweep_dir_of(config)
+    if not sweep_dir.is_dir():
+        return
+    app = app_for(launcher.task_function)
+    own(sweep_dir, wait=app.waits_for_owner(config))
+    if not app.resumes(config) and (n := app.earlier_jobs(sweep_dir)):
+        raise ConfigError(f"{sweep_dir} holds {n} job folder{'s' if n > 1 else ''} of an earlier sweep: add "
+                          f"{' '.join(app.resume_overrides())} to continue it (its completed jobs are kept), or "
+                          "give another hydra.sweep.dir")
 
 
 def prepare(launcher: Any, overrides: Sequence[str], num: int) -> DictConfig:

@@ -23,6 +23,7 @@ from hexsweep.jobfolder import (
     INTERRUPTED,
     OOM,
     PRUNED,
+    RESULT_FILE,
     RUNNING,
     JobError,
     JobResult,
@@ -58,6 +59,12 @@ class TrainApp(JobApp):
         if record is not None and record.status == RUNNING:
             return f"pid {record.pid} on {record.host}"
         return None
+
+    def earlier_jobs(self, sweep_dir: Path) -> int:
+        try:
+            return sum(1 for d in sweep_dir.iterdir() if (d / RESULT_FILE).is_file())
+        except OSError:  # unreadable: the driver's own checks of the folder say why
+            return 0
 
     def done_before(self, cfg: DictConfig, job_dir: Path) -> JobResult | None:
         if not cfg.get("resume"):

@@ -108,6 +108,12 @@ class HexsweepLauncher(JobConfigLauncher):
 
     async_jobs = True
 
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        from hexsweep.sweep.launcher import claim_sweep_folder
+
+        exit_on_error(lambda: claim_sweep_folder(self))  # before the sweeper writes into the folder
+
     def check(self) -> None:
         """ConfigError (one line) for a launcher value that cannot work."""
         from hexsweep.sweep.launcher import check_params
