@@ -7,6 +7,7 @@ driver interrupted once and twice, and the SQLite search that once deadlocked a 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -140,8 +141,8 @@ def test_a_closed_terminal_sighup_ends_the_sweep_like_sigterm(tmp_path, data):
     """A closed terminal sends SIGHUP to the sweep's whole process group (driver, job server,
     resource tracker): the jobs are interrupted, the report written, the resume line printed,
     exit 130, and no traceback (the server and tracker ignore it)."""
-    with launched(sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=5", "fault.sleep_s_per_epoch=1"),
-                  start_new_session=True) as proc:
+    cmd = sweep_cmd(tmp_path, data, "seed=0", "trainer.epochs=5", "fault.sleep_s_per_epoch=1")
+    with launched(cmd, start_new_session=True) as proc:
         r = wait_for(lambda: running_with_slot(tmp_path, "0"), timeout=120)
         sweep = sweep_dirs(tmp_path)[0]
         wait_for(lambda: (sweep / "0" / "metrics.jsonl").exists(), timeout=120)
@@ -149,7 +150,11 @@ def test_a_closed_terminal_sighup_ends_the_sweep_like_sigterm(tmp_path, data):
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyError" not in err
-    assert f"resume with: hydra.sweep.dir={sweep} resume=true" in err
+    # the whole command, ready to paste: the same program and overrides, in its folder, resume=true
+    again = shlex.split(next(line for line in err.splitlines() if "resume with: " in line).partition(": ")[2])
+    assert again[:4] == ["python", "-m", "hexsweep.train", "-m"] and again[-2:] == [f"hydra.sweep.dir={sweep}",
+                                                                                    "resume=true"]
+    assert sorted(again[4:-2]) == sorted(cmd[4:])
     assert (sweep / "report.md").exists()
     assert read_result(sweep / "0")["status"] == "interrupted"
     assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
@@ -170,7 +175,9 @@ def test_sigterm_while_the_report_is_written_waits_for_the_report(tmp_path, data
     assert "Traceback" not in err
     assert "SIGTERM: the jobs have ended; writing the report first" in err
     assert (table.parent / "report.md").exists()
-    assert f"resume with: hydra.sweep.dir={table.parent} resume=true" in err.splitlines()[-1]
+    last = err.splitlines()[-1]
+    assert last.startswith("[hexsweep] resume with: python -m hexsweep.train -m ")
+    assert last.endswith(f" hydra.sweep.dir={table.parent} resume=true")
 
 
 def test_a_second_interrupt_kills_at_once(tmp_path, data):

@@ -23,6 +23,7 @@ from hexsweep.jobfolder import RESULT_FILE, read_result
 from hexsweep.report.end import end_sweep, resolve_plots
 from hexsweep.sweep import stopping
 from hexsweep.sweep.ray_options import fix_stock_ray_init
+from hexsweep.sweep.train_app import TRAIN_APP
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        with stopping.finishing(sweep_dir):  # a stop request now waits for the report (sweep/stopping.py)
+        resume = stopping.resume_command(TRAIN_APP.program(), config, sweep_dir, TRAIN_APP.resume_overrides())
+        with stopping.finishing(sweep_dir, resume):  # a stop request now waits for the report (sweep/stopping.py)
             if self._pending is not None:
                 self._pending = None
                 atexit.unregister(self._finish_at_exit)

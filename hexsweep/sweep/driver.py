@@ -349,8 +349,10 @@ class SweepDriver:
                     self.app.report(self.sweep_dir, interrupted=True, config=self.launcher.config)
                 except KeyboardInterrupt:
                     print("[hexsweep] report skipped (interrupted again)", file=sys.stderr, flush=True)
-                print(f"[hexsweep] resume with: hydra.sweep.dir={self.sweep_dir} resume=true", file=sys.stderr,
-                      flush=True)
+                # a plain app continues with the launcher's own resume (sweep.json)
+                again = self.app.resume_overrides() or ["hydra.launcher.resume=true"]
+                stopping.say_resume(stopping.resume_command(self.app.program(), self.launcher.config,
+                                                            self.sweep_dir, again))
                 raise SweepInterrupted("interrupted")
         finally:
             for sig, handler in previous.items():

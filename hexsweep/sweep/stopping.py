@@ -11,12 +11,15 @@ of the end at once.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -56,10 +59,28 @@ def _restore() -> None:
         _previous = None
 
 
+def resume_command(program: str, config: DictConfig, sweep_dir: Path, again: Sequence[str]) -> str:
+    """The command that continues an interrupted sweep: the same program and command-line
+    overrides (the app's and Hydra's, from ``hydra.overrides``), in its folder, with the app's
+    resume overrides ``again``; each argument shell-quoted, ready to paste."""
+    def key(o: str) -> str:
+        return o.partition("=")[0].lstrip("+~")
+
+    drop = {"hydra.sweep.dir", "hydra.mode", *(key(o) for o in again)}
+    given = [o for part in ("task", "hydra") for o in OmegaConf.select(config, f"hydra.overrides.{part}", default=[])
+             if key(o) not in drop]
+    return " ".join([program, "-m", *(shlex.quote(a) for a in [*given, f"hydra.sweep.dir={sweep_dir}", *again])])
+
+
+def say_resume(command: str) -> None:
+    print(f"[hexsweep] resume with: {command}", file=sys.stderr, flush=True)
+
+
 @contextmanager
-def finishing(sweep_dir: Path) -> Iterator[None]:
+def finishing(sweep_dir: Path, resume: str) -> Iterator[None]:
     """Write the end of a finished sweep; a stop request meanwhile (or since ``defer``) is
-    honoured after it: the resume line and exit status 130 replace the sweep's own status."""
+    honoured after it: the resume line (``resume``, the command) and exit status 130 replace the
+    sweep's own status."""
     global _requested
     defer()
     try:
@@ -74,5 +95,5 @@ def finishing(sweep_dir: Path) -> Iterator[None]:
         _restore()
         requested, _requested = _requested, None
     if requested is not None:
-        print(f"[hexsweep] resume with: hydra.sweep.dir={sweep_dir} resume=true", file=sys.stderr, flush=True)
+        say_resume(resume)
         raise SystemExit(130)
