@@ -140,6 +140,60 @@ def test_resume_continues_numbering_and_counts_the_total(tmp_path, data):
     assert len(set(seeds)) == 5
 
 
+def test_a_continued_seeded_search_proposes_new_parameters_and_a_fresh_one_stays_reproducible(tmp_path, data):
+    """A driver builds its own sampler: continuing a study with the seed of the driver before it
+    used to propose that driver's first parameters again (TPE's random startup trials)."""
+    space = {"optim.lr": "tag(log,interval(1e-4,1e-2))", "model.dropout": "interval(0,0.3)"}
+    args = ["hydra.sweeper.sampler.seed=0", "trainer.epochs=1", *(f"{k}={v}" for k, v in space.items())]
+    assert search(tmp_path, data, "hydra.sweeper.n_trials=2", *args).returncode == 0
+    more = search(tmp_path, data, "hydra.sweeper.n_trials=4", "resume=true", *args)
+    assert more.returncode == 0, more.stderr
+    trials = load(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    first, continued = [trials[0].params, trials[1].params], [trials[2].params, trials[3].params]
+    assert not any(p == q for p in continued for q in first), (first, continued)
+    assert "study 's' holds 2 trials: sampler seed 0 ->" in more.stdout  # Hydra logs the driver's info there
+    # a fresh study keeps what seed 0 proposed before: the first asks of the configured sampler
+    # (the sweeper's default tpe), in the space's order
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=False))
+    distributions = parse_params(space)[0]
+    assert first == [plain.ask(distributions).params for _ in range(2)]
+
+
+def test_a_joining_driver_derives_its_seed_but_a_grid_keeps_the_studys():
+    """In process, no training: which samplers a joining driver reseeds, and that a continued grid
+    runs every point once (its trials index the grid its seed shuffled)."""
+    from hexsweep.search.sweeper import OptunaSearch, joining_seed
+    from hexsweep.search.trials import tell
+
+    space = parse_params({"a": "choice(1,2,3)", "b": "choice(10,20,30)"})[0]
+
+    def samplers(target, seed, held):  # (as configured, as a driver joining at `held` trials builds it)
+        search = OptunaSearch({"sampler": {"_target_": f"optuna.samplers.{target}", "seed": seed}})
+        configured = search._sampler(space)
+        return configured, search._joining_sampler(configured, space, held, "s")
+
+    def first_ask(sampler):
+        return optuna.create_study(sampler=sampler).ask(space).params
+
+    assert joining_seed(0, 4) == joining_seed(0, 4) != joining_seed(0, 5)
+    assert joining_seed(0, 4) != joining_seed(1, 4)
+    for held in (2, 4):  # a derived seed: reproducible, and off the configured seed's sequence
+        configured, joining = samplers("RandomSampler", 0, held)
+        assert first_ask(joining) == first_ask(samplers("RandomSampler", 0, held)[1]) != first_ask(configured)
+    for target, seed in (("RandomSampler", None), ("GridSampler", 0), ("GridSampler", None), ("QMCSampler", 0)):
+        configured, joining = samplers(target, seed, 4)
+        assert joining is configured, target  # unseeded stays unseeded; a grid's and QMC's seed is the study's
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="g", storage=storage, sampler=samplers("GridSampler", 0, 0)[1])
+    for _ in range(4):
+        tell(study, study.ask(space), 0.0)
+    joined = optuna.load_study(study_name="g", storage=storage, sampler=samplers("GridSampler", 0, 4)[1])
+    for _ in range(5):
+        tell(joined, joined.ask(space), 0.0)
+    assert len({tuple(sorted(t.params.items())) for t in joined.trials}) == 9
+
+
 def test_multi_objective_search(tmp_path, data):
     out = search(tmp_path, data, "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=[maximize,minimize]",
                  "hydra.sweeper.metrics=[val_policy_acc,val_value_loss]", "hydra/sweeper/sampler=nsgaii",

@@ -140,6 +140,33 @@ def motpe_removed(*args: Any, **kwargs: Any) -> None:
                       "TPESampler now handles multi-objective optimization.")
 
 
+# Samplers whose seed names a sequence the study itself records, so every driver of a study must
+# keep the configured seed: a GridSampler's trial stores an index into the grid its seed shuffled
+# (another seed reads the earlier trials' indices as other points, and re-runs some while skipping
+# others), and a QMCSampler counts its draws in the study under its seed (the same seed continues
+# the sequence). Optuna's docs ask for one seed in every process for both.
+SHARED_SEED_SAMPLERS = (optuna.samplers.GridSampler, optuna.samplers.QMCSampler)
+
+
+def joining_seed(seed: int, held: int) -> int:
+    """The sampler seed of a driver that joins a study already holding ``held`` trials.
+
+    An Optuna sampler draws from a generator of its own process, seeded when it is built, and
+    no study coordinates the generators of its drivers (optuna issue 4714: drivers of one study
+    with one seed propose alike; Optuna's advice is a distinct seed per worker). So a driver that
+    continues a study with the seed of the driver before it (``resume=true`` after a finished or
+    Ctrl-C'd search) would propose again what that driver proposed first: the random startup
+    trials of TPE, every trial of RandomSampler. Mixing in the count keeps a continued search
+    reproducible from the study's state while moving it off the earlier sequences. Drivers that
+    join at the same count (started together on one shared study, both seeing it empty or
+    equally full) still get the same seed: nothing deterministic tells them apart before their
+    first trial (their hosts, pids and timestamped sweep folders would make every search
+    irreproducible), so such drivers need distinct seeds (hydra.sweeper.sampler.seed), or null."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, held]).generate_state(1)[0])  # < 2**32, as numpy's RandomState needs
+
+
 def grid_exhausted(study: optuna.Study) -> bool:
     sampler = study.sampler
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
@@ -332,14 +359,36 @@ class OptunaSearch:
         space, fixed = parse_params(params)
         return space, fixed + fixed_args
 
-    def _sampler(self, space: dict) -> optuna.samplers.BaseSampler:
+    def _sampler_config(self, space: dict) -> dict:
         cfg = OmegaConf.to_container(OmegaConf.create(self.p.get("sampler") or {}), resolve=True)
+        if cfg and str(cfg.get("_target_", "")).endswith("GridSampler") and "search_space" not in cfg:
+            cfg["search_space"] = {key: grid_points(key, d) for key, d in space.items()}
+        return cfg
+
+    def _sampler(self, space: dict) -> optuna.samplers.BaseSampler:
+        """The sampler as configured: the one of a fresh study (built before the study is touched,
+        so that a bad sampler setting stops the search first)."""
+        cfg = self._sampler_config(space)
         if not cfg:
             return optuna.samplers.TPESampler()
-        if str(cfg.get("_target_", "")).endswith("GridSampler") and "search_space" not in cfg:
-            cfg["search_space"] = {key: grid_points(key, d) for key, d in space.items()}
         if str(cfg.get("_target_", "")).endswith(".motpe_removed"):
             motpe_removed()
+        return instantiate(cfg)
+
+    def _joining_sampler(self, sampler: optuna.samplers.BaseSampler, space: dict, held: int, name: str):
+        """The sampler of a driver that joins a study already holding ``held`` trials: a seeded one
+        is built again with ``joining_seed``, unless its seed is the study's (SHARED_SEED_SAMPLERS).
+        A seed of null stays unseeded; a seed numpy cannot take is left for Optuna to refuse."""
+        if isinstance(sampler, SHARED_SEED_SAMPLERS):
+            return sampler
+        cfg = self._sampler_config(space)
+        seed = cfg.get("seed") if cfg else None
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            return sampler
+        cfg["seed"] = joining_seed(seed, held)
+        log.info("study %r holds %d trials: sampler seed %d -> %d (from the seed and that count, so that this "
+                 "driver does not propose again what earlier drivers did; drivers joining together need "
+                 "distinct seeds)", name, held, seed, cfg["seed"])
         return instantiate(cfg)
 
     def _storage_spec(self) -> str | None:
@@ -372,6 +421,8 @@ class OptunaSearch:
             raise ConfigError(
                 f"study {name!r} already has {len(existing.trials)} trials in {redact(storage_spec)}: "
                 "add resume=true to continue it, or set hydra.sweeper.study_name to start another")
+        if existing is not None and existing.trials:
+            sampler = self._joining_sampler(sampler, space, len(existing.trials), name)
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
                                     load_if_exists=True)
         if existing is not None and [d.name.lower() for d in study.directions] != directions:
