@@ -131,7 +131,7 @@ def test_interrupt_escalates_to_sigkill_for_a_job_deaf_to_sigint(tmp_path, data)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "resume with: hydra.sweep.dir=" in err
+    assert "resume with: python -m hexsweep.train -m " in err and f" hydra.sweep.dir={sweep} resume=true\n" in err
     assert read_result(sweep / "0")["status"] == "interrupted"
     assert not psutil.pid_exists(r["pid"]) or psutil.Process(r["pid"]).status() == psutil.STATUS_ZOMBIE
     assert free_slots(tmp_path)
