@@ -54,6 +54,13 @@ RESUME_IGNORES = ("resume", "trainer.progress", "trainer.checkpoint_every_steps"
                   "fault.", "optuna.", "paths.", "device", "num_threads", "strength.", "data.workers")
 EpochHook = Callable[[int, dict[str, float], torch.nn.Module], bool]
 
+# Every bar, a disabled one too, takes tqdm's default lock, which holds a multiprocessing RLock: a
+# named semaphore that multiprocessing's resource tracker (one for a sweep's driver and its jobs)
+# expects its creator to unlink. A job its driver kills (timeout, stall, a second Ctrl-C) never
+# does, and the tracker then warns of a leaked semaphore after the sweep's last line. The bars of
+# one process need only a thread lock; tqdm.set_lock is tqdm's way to choose it.
+tqdm.set_lock(threading.RLock())
+
 
 @dataclass
 class TrainOutcome:

@@ -106,6 +106,8 @@ def test_a_job_that_blocks_for_ever_is_stalled_and_resume_reruns_it(tmp_path, da
     out = run_sweep(tmp_path, data, "fault.hang_at_epoch=1,null", "hydra.launcher.n_jobs=2",
                     "hydra.launcher.stall_timeout_s=4", timeout=240)
     assert out.returncode == 1, out.stderr
+    # the killed job's bars took no semaphore for the resource tracker to find leaked at the exit
+    assert out.stderr.splitlines()[-1].startswith("hexsweep: 1 of 2 jobs failed: 0 "), out.stderr
     sweep = sweep_dirs(tmp_path)[0]
     assert read_result(sweep / "0")["status"] == "stalled"
     assert read_result(sweep / "1")["status"] == "completed"
