@@ -51,7 +51,7 @@ def compose(overrides: list[str]) -> Any:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="train", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        raise HexsweepError(first_line(str(e))) from None
+        raise HexsweepError(with_cause(e)) from None
     validate(cfg)
     return cfg
 
@@ -70,6 +70,16 @@ def run_cli(fn: Callable[[], Any]) -> Any:
         return fn()
     except HexsweepError as e:
         fail(str(e))
+
+
+def with_cause(e: BaseException) -> str:
+    """Hydra's error as one line, with the first line of its cause where the cause says why
+    (Hydra's "Error merging override optim.lr=abc" leaves OmegaConf's reason, "Value 'abc' of
+    type 'str' could not be converted to Float", to its cause)."""
+    message = first_line(str(e))
+    cause = e.__cause__
+    why = str(cause).strip().splitlines()[0].strip() if cause is not None and str(cause).strip() else ""
+    return f"{message}: {why}" if why and why not in message else message
 
 
 def first_line(message: str) -> str:

@@ -229,3 +229,16 @@ def test_a_search_range_optuna_refuses_is_one_line_naming_it(text, why):
         parse_params({"optim.lr": text})
     assert str(e.value).startswith(f"hydra.sweeper.params.optim.lr={text!r} is invalid: ") and why in str(e.value)
     assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(("override", "why"), [
+    ("optim.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("batch_size=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+])
+def test_a_value_of_the_wrong_type_keeps_its_reason(override, why):
+    """Hydra's "Error merging override" leaves the reason to its cause: the one line says both."""
+    from hexsweep.errors import HexsweepError
+
+    with pytest.raises(HexsweepError) as e:
+        compose(["debug=tiny", override])
+    assert str(e.value) == f"Error merging override {override}: {why}"
