@@ -242,3 +242,17 @@ def test_a_value_of_the_wrong_type_keeps_its_reason(override, why):
     with pytest.raises(HexsweepError) as e:
         compose(["debug=tiny", override])
     assert str(e.value) == f"Error merging override {override}: {why}"
+
+
+def test_the_resume_command_is_the_whole_command_quoted_with_no_password():
+    from omegaconf import OmegaConf
+
+    from hexsweep.sweep.stopping import resume_command
+
+    config = OmegaConf.create({"hydra": {"overrides": {
+        "task": ["seed=0,1", "optim.lr=tag(log,interval(1e-4,1e-2))", "resume=wait"],
+        "hydra": ["hydra.sweep.dir=old", "hydra.mode=MULTIRUN",
+                  "hydra.sweeper.storage=postgresql://me:hunter2@db/optuna"]}}})
+    line = resume_command("python -m hexsweep.train", config, Path("/s w"), ["resume=true"])
+    assert line == ("python -m hexsweep.train -m seed=0,1 'optim.lr=tag(log,interval(1e-4,1e-2))' "
+                    "'hydra.sweeper.storage=postgresql://me:***@db/optuna' 'hydra.sweep.dir=/s w' resume=true")

@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hexsweep.secrets import redact
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -62,14 +64,17 @@ def _restore() -> None:
 def resume_command(program: str, config: DictConfig, sweep_dir: Path, again: Sequence[str]) -> str:
     """The command that continues an interrupted sweep: the same program and command-line
     overrides (the app's and Hydra's, from ``hydra.overrides``), in its folder, with the app's
-    resume overrides ``again``; each argument shell-quoted, ready to paste."""
+    resume overrides ``again``; each argument shell-quoted, ready to paste. A password in a URL
+    (a PostgreSQL storage) is masked, as everywhere a command is written down: the line goes to
+    terminals and logs; the user types it again (or keeps it out of the command line)."""
     def key(o: str) -> str:
         return o.partition("=")[0].lstrip("+~")
 
     drop = {"hydra.sweep.dir", "hydra.mode", *(key(o) for o in again)}
     given = [o for part in ("task", "hydra") for o in OmegaConf.select(config, f"hydra.overrides.{part}", default=[])
              if key(o) not in drop]
-    return " ".join([program, "-m", *(shlex.quote(a) for a in [*given, f"hydra.sweep.dir={sweep_dir}", *again])])
+    args = [*given, f"hydra.sweep.dir={sweep_dir}", *again]
+    return " ".join([program, "-m", *(shlex.quote(redact(a)) for a in args)])
 
 
 def say_resume(command: str) -> None:
