@@ -105,6 +105,8 @@ def precheck_argv(argv: list[str]) -> None:
     # a sweep over outputs roots is checked job by job; --help and --cfg write nothing
     if "," not in outputs and "(" not in outputs and not informational & set(argv):
         check_writable(outputs)
+    if any(a in ("-m", "--multirun") for a in argv):
+        check_sweep_options(argv)
     if any(a.startswith("-") for a in argv):
         return  # multirun and Hydra's own flags: the sweep launcher validates every job
     overrides = [a for a in argv if "=" in a and not a.startswith(("hydra", "+hydra", "~hydra"))]
@@ -112,6 +114,27 @@ def precheck_argv(argv: list[str]) -> None:
         compose(overrides)
     except HexsweepError as e:
         fail(str(e))
+
+
+def check_sweep_options(argv: list[str]) -> None:
+    """Under -m, Hydra's sweeper composes every job before the launcher sees any, and a misspelled
+    option of a config group (``experiment=polcy_heavy,policy_heavy``) ends there in its own
+    multi-line error, exit 1. The options of hexsweep's own groups are files of its config
+    folder: checked here in one line. Skipped where other config folders may add options
+    (``hydra.searchpath``, ``--config-dir``, another primary config) and for values Hydra's
+    grammar expands (``glob()``, ``choice()``, lists, interpolations)."""
+    if any(a.startswith(("hydra.searchpath", "+hydra.searchpath", "--config", "-cp", "-cn", "-cd")) for a in argv):
+        return
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+")
+        if (not sep or key.startswith("~") or group.startswith("hydra") or not (CONF_DIR / group).is_dir()
+                or any(c in value for c in "()[]{}'\"$*\\ ")):
+            continue
+        allowed = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        for option in value.split(","):
+            if option not in ("", "null") and option not in allowed:
+                fail(f"{group}={option} is not an option of the {group} group: allowed {', '.join(allowed)}")
 
 
 def check_writable(folder: str) -> None:

@@ -256,3 +256,18 @@ def test_the_resume_command_is_the_whole_command_quoted_with_no_password():
     line = resume_command("python -m hexsweep.train", config, Path("/s w"), ["resume=true"])
     assert line == ("python -m hexsweep.train -m seed=0,1 'optim.lr=tag(log,interval(1e-4,1e-2))' "
                     "'hydra.sweeper.storage=postgresql://me:***@db/optuna' 'hydra.sweep.dir=/s w' resume=true")
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["experiment=polcy_heavy,policy_heavy"], "experiment=polcy_heavy is not an option of the experiment group: "
+                                              "allowed balanced_high_lr, balanced_high_weight_decay, "
+                                              "balanced_no_dropout, balanced_weights, policy_heavy, "
+                                              "policy_intermediate"),
+    (["search=hex_tp"], "search=hex_tp is not an option of the search group: allowed hex_tpe, race"),
+])
+def test_a_misspelled_group_option_in_a_sweep_is_one_line(tmp_path, args, line):
+    """Under -m, Hydra's sweeper meets it first, with its multi-line error and exit 1."""
+    out = subprocess.run([sys.executable, "-m", "hexsweep.train", "-m", "debug=tiny", *args,
+                          f"paths.outputs={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr == f"hexsweep: error: {line}\n"
+    assert not (tmp_path / "out" / "multirun").exists()
