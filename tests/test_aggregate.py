@@ -126,3 +126,16 @@ def test_oom_is_recorded_and_retried_at_half_batch(tiny_cfg, tmp_path):
 def test_nan_objective_is_a_failed_job(tiny_cfg, tmp_path):
     r = train_job_recorded(tiny_cfg("fault.nan_at_epoch=1", "trainer.epochs=2"), tmp_path / "nan")
     assert r.status == "failed" and r.error.type == "NonFiniteObjective"
+
+
+def test_a_report_with_no_objective_yet_says_so(tmp_path):
+    """A sweep stopped before any job trained: no "None" objective, no "nan" error text."""
+    sweep = tmp_path / "sweep"
+    for num, status in enumerate(["interrupted", "interrupted"]):
+        (sweep / str(num)).mkdir(parents=True)
+        (sweep / str(num) / "result.json").write_text(json.dumps({"status": status, "overrides": [f"seed={num}"]}))
+    write_report(aggregate([sweep]), sweep, [sweep], plots="off")
+    report, page = (sweep / "report.md").read_text(), (sweep / "report.html").read_text()
+    assert "; no job recorded its objective yet." in report and "no job recorded its objective yet" in page
+    assert "None" not in report and "None" not in page
+    assert "- job 0 `seed=0`: **interrupted**\n" in report and "nan" not in report.split("## All jobs")[0]

@@ -670,10 +670,20 @@ def tournament_text(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def objective_text(s: dict[str, Any], quote: str = "", as_html: bool = False) -> str:
+    """The report's objective: its metric and direction, or that no job has recorded one yet (a
+    sweep stopped, or failed, before any job started training)."""
+    metric = s["objective_metric"]
+    if metric is None or (isinstance(metric, float) and math.isnan(metric)):
+        return "no job recorded its objective yet"
+    shown = f"<code>{html.escape(str(metric))}</code>" if as_html else f"{quote}{metric}{quote}"
+    return f"objective {shown} ({s['direction']})"
+
+
 def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_metric: str,
              max_curves: int, plot_note: str | None = None) -> str:
     lines = ["# Sweep report", "", f"Sweep folder(s): {', '.join(s['sweeps'])}  ",
-             f"Generated {s['generated_at']}; objective `{s['objective_metric']}` ({s['direction']}).", ""]
+             f"Generated {s['generated_at']}; {objective_text(s, '`')}.", ""]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s["by_status"].items()))
     lines += [f"**{s['total']} jobs**: {counts or 'none'}.", ""]
     if s.get("provenance_warning"):
@@ -690,8 +700,8 @@ def markdown(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], curve_
     lines += detail_lines(s)
     if s["failed"]:
         lines += ["## Jobs that did not complete", ""]
-        lines += [f"- job {f['job_num']} `{f['label']}`: **{f['status']}** {f['error'] or ''}"
-                  for f in s["failed"]]
+        lines += [f"- job {f['job_num']} `{f['label']}`: **{f['status']}** "
+                  f"{f['error'] if isinstance(f['error'], str) else ''}".rstrip() for f in s["failed"]]
         lines.append("")
     title = "All jobs" if len(df) <= MAX_TABLE_ROWS else f"Best {MAX_TABLE_ROWS} of {len(df)} jobs (all in results.csv)"
     lines += [f"## {title}", "", md_table(_fmt(df)), ""]
@@ -756,7 +766,6 @@ def to_html(df: pd.DataFrame, s: dict[str, Any], plots: dict[str, bool], plot_no
             f"<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}"
             f"td,th{{border:1px solid #ccc;padding:3px 6px}}</style></head><body>"
             f"<h1>Sweep report</h1><p>{html.escape(', '.join(s['sweeps']))}</p>"
-            f"<p><b>{s['total']} jobs</b>: {html.escape(counts)}; objective "
-            f"<code>{html.escape(str(s['objective_metric']))}</code> ({s['direction']})</p>{best_line}"
+            f"<p><b>{s['total']} jobs</b>: {html.escape(counts)}; {objective_text(s, as_html=True)}</p>{best_line}"
             f"{groups}{imgs}<h2>Jobs (best {MAX_TABLE_ROWS} at most; all in results.csv)</h2>"
             f"{_fmt(df).to_html(index=False, escape=True)}</body></html>\n")
