@@ -13,6 +13,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hexsweep.atomic import atomic_write
+from hexsweep.jobfolder import read_result
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -34,8 +35,16 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def reproduce_command(trial: optuna.trial.FrozenTrial) -> str:
-    overrides = trial.user_attrs.get("overrides") or [f"{k}={v}" for k, v in trial.params.items()]
+    """The command that trains the trial's configuration again. A hexsweep.train job also gets the
+    thread count it ran with, from its job folder where this host can read it: its value depends
+    on it in the last digits (the float sums run in another order)."""
+    overrides = list(trial.user_attrs.get("overrides") or [f"{k}={v}" for k, v in trial.params.items()])
     program = trial.user_attrs.get("program") or "python -m hexsweep.train"
+    job_dir = trial.user_attrs.get("job_dir")
+    record = read_result(Path(job_dir)) if job_dir and Path(job_dir).is_dir() else None
+    if (record is not None and record.num_threads and program.endswith("hexsweep.train")
+            and not any(o.partition("=")[0].lstrip("+") == "num_threads" for o in overrides)):
+        overrides.append(f"num_threads={record.num_threads}")
     return program + " " + " ".join(shlex.quote(o) for o in overrides)
 
 
