@@ -128,13 +128,27 @@ def check_sweep_options(argv: list[str]) -> None:
     for arg in argv:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+")
-        if (not sep or key.startswith("~") or group.startswith("hydra") or not (CONF_DIR / group).is_dir()
-                or any(c in value for c in "()[]{}'\"$*\\ ")):
+        if not sep or key.startswith("~") or group.startswith("hydra") or not (CONF_DIR / group).is_dir():
             continue
         allowed = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if value.startswith("glob(") and not _glob_matches(arg, allowed):  # Hydra runs no job, and says nothing
+            fail(f"{group}={value} matches no option of the {group} group: allowed {', '.join(allowed)}")
+        if any(c in value for c in "()[]{}'\"$*\\ "):
+            continue
         for option in value.split(","):
             if option not in ("", "null") and option not in allowed:
                 fail(f"{group}={option} is not an option of the {group} group: allowed {', '.join(allowed)}")
+
+
+def _glob_matches(override: str, options: list[str]) -> bool:
+    """Whether a ``glob()`` sweep override matches one of ``options`` (True if Hydra's parser
+    refuses it: Hydra then says why itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return bool(OverridesParser.create().parse_override(override).value().filter(options))
+    except Exception:  # Hydra's grammar errors, reported by Hydra's own parse of the command line
+        return True
 
 
 def check_writable(folder: str) -> None:

@@ -264,6 +264,7 @@ def test_the_resume_command_is_the_whole_command_quoted_with_no_password():
                                               "balanced_no_dropout, balanced_weights, policy_heavy, "
                                               "policy_intermediate"),
     (["search=hex_tp"], "search=hex_tp is not an option of the search group: allowed hex_tpe, race"),
+    (["search=glob(hex_tp?x*)"], "search=glob(hex_tp?x*) matches no option of the search group: allowed hex_tpe, race"),
 ])
 def test_a_misspelled_group_option_in_a_sweep_is_one_line(tmp_path, args, line):
     """Under -m, Hydra's sweeper meets it first, with its multi-line error and exit 1."""
