@@ -41,7 +41,7 @@ def reproduce_command(trial: optuna.trial.FrozenTrial) -> str:
     overrides = list(trial.user_attrs.get("overrides") or [f"{k}={v}" for k, v in trial.params.items()])
     program = trial.user_attrs.get("program") or "python -m hexsweep.train"
     job_dir = trial.user_attrs.get("job_dir")
-    record = read_result(Path(job_dir)) if job_dir and Path(job_dir).is_dir() else None
+    record = read_result(job_dir) if job_dir else None  # None where this host has no such folder
     if (record is not None and record.num_threads and program.endswith("hexsweep.train")
             and not any(o.partition("=")[0].lstrip("+") == "num_threads" for o in overrides)):
         overrides.append(f"num_threads={record.num_threads}")

@@ -69,7 +69,7 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         resume = stopping.resume_command(TRAIN_APP.program(), config, sweep_dir, TRAIN_APP.resume_overrides())
-        with stopping.finishing(sweep_dir, resume):  # a stop request now waits for the report (sweep/stopping.py)
+        with stopping.finishing(resume):  # a stop request now waits for the report (sweep/stopping.py)
             if self._pending is not None:
                 self._pending = None
                 atexit.unregister(self._finish_at_exit)

@@ -82,7 +82,7 @@ def say_resume(command: str) -> None:
 
 
 @contextmanager
-def finishing(sweep_dir: Path, resume: str) -> Iterator[None]:
+def finishing(resume: str) -> Iterator[None]:
     """Write the end of a finished sweep; a stop request meanwhile (or since ``defer``) is
     honoured after it: the resume line (``resume``, the command) and exit status 130 replace the
     sweep's own status."""
